@@ -1,0 +1,3 @@
+from .green_swin import GreenSwinTransformer
+
+__all__ = ['GreenSwinTransformer']

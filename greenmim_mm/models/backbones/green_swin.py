@@ -1,0 +1,159 @@
+"""GreenSwinTransformer: one Swin, a dense path and an exact sparse (visible-tokens-only) path."""
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.utils.checkpoint as cp
+from mmpretrain.models.backbones import SwinTransformer
+from mmpretrain.models.utils import resize_pos_embed
+
+from greenmim_mm.ops import (BACKENDS, GROUPING_POLICIES, StageGeometry, WindowPlan,
+                             build_geometry, check_mask, gather_merge, resolve_backend,
+                             upsample_mask, window_attention)
+from greenmim_mm.registry import MODELS
+
+
+@MODELS.register_module()
+class GreenSwinTransformer(SwinTransformer):
+    """mmpretrain's ``SwinTransformer`` (same arguments, same state dict) plus a sparse path.
+
+    * ``forward(x)``: the dense path, mmpretrain's own forward: a tuple of (B, C_i, H_i, W_i) maps.
+    * ``forward(x, mask=mask)``: the sparse path. ``mask`` is a bool tensor (H/32, W/32), True =
+      masked, shared by the batch. Only visible tokens are computed: windows from absolute
+      coordinates (shift by a coordinate offset), windows packed into equal groups
+      (``grouping``), attention restricted to each window, sparse 2x2 merging in mmcv's channel
+      order. Returns, per out index i, (B, N_i, C_i): the visible tokens of stage i in raster order
+      after ``norm_i``. It equals the dense Swin with every invisible token (and any zero padding
+      of a map to a multiple of the window) excluded from the attention keys.
+
+    Args (besides mmpretrain's ``SwinTransformer``'s):
+        attn_backend (str): 'auto' (FlexAttention on CUDA when available, else SDPA), 'sdpa'
+            (padded groups, portable) or 'flex' (packed, no padding).
+        grouping (str): 'optimal' (group size minimising the MSA cost model; see
+            ``greenmim_mm.ops.grouping``), 'window' (one window per group) or 'single' (all
+            visible tokens in one group, GreenMIM's "masking" mode).
+    """
+
+    def __init__(self, *args, attn_backend: str = 'auto', grouping: str = 'optimal', **kwargs):
+        if attn_backend not in BACKENDS:
+            raise ValueError(f'attn_backend must be one of {BACKENDS}; got {attn_backend!r}')
+        if grouping not in GROUPING_POLICIES:
+            raise ValueError(f'grouping must be one of {GROUPING_POLICIES}; got {grouping!r}')
+        super().__init__(*args, **kwargs)
+        self.attn_backend = attn_backend
+        self.grouping = grouping
+        self._check_merging()
+
+    def train(self, mode: bool = True) -> 'GreenSwinTransformer':
+        """As mmpretrain's (frozen stages, norm_eval), but returns ``self`` so calls chain."""
+        super().train(mode)
+        return self
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def patch_stride(self) -> int:
+        return int(self.patch_embed.projection.stride[0])
+
+    @property
+    def mask_unit(self) -> int:
+        """Pixels per mask unit: the stride of the last stage (32 for Swin)."""
+        merges = sum(stage.downsample is not None for stage in self.stages)
+        return self.patch_stride * 2**merges
+
+    def _check_merging(self):
+        for i, stage in enumerate(self.stages):
+            ds = stage.downsample
+            if ds is None:
+                continue
+            ok = (tuple(ds.sampler.kernel_size) == (2, 2) and tuple(ds.sampler.stride) == (2, 2)
+                  and tuple(ds.sampler.dilation) == (1, 1) and tuple(ds.sampler.padding) == (0, 0))
+            if not ok:
+                self._sparse_unsupported = (
+                    f'stage {i} downsample is not a 2x2/stride-2 PatchMerging; the sparse path '
+                    'supports only that (the dense path works)')
+                return
+        self._sparse_unsupported = None
+
+    def sparse_geometry(self, mask: torch.Tensor, img_hw: Sequence[int]) -> List[StageGeometry]:
+        """CPU geometry of every stage for a (H/32, W/32) unit mask and an image of ``img_hw``."""
+        if self._sparse_unsupported:
+            raise NotImplementedError(self._sparse_unsupported)
+        mask = check_mask(mask, img_hw, self.mask_unit)
+        tokens = upsample_mask(mask, self.mask_unit // self.patch_stride).numpy()
+        block_windows = [[(blk.attn.window_size, blk.attn.shift_size) for blk in stage.blocks]
+                         for stage in self.stages]
+        channels = [stage.embed_dims for stage in self.stages]
+        pad_small = any(blk.attn.pad_small_map for stage in self.stages for blk in stage.blocks)
+        downsample = [stage.downsample is not None for stage in self.stages]
+        return build_geometry(tokens, block_windows, channels, pad_small, self.grouping,
+                              downsample)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                geometry: Optional[List[StageGeometry]] = None) -> Tuple[torch.Tensor, ...]:
+        """Dense path (``mask=None``) or sparse path (see the class docstring).
+
+        ``geometry`` (from :meth:`sparse_geometry`, optional) avoids recomputing the plans when the
+        caller already has them.
+        """
+        if mask is None:
+            return super().forward(x)
+        return self.forward_sparse(x, mask, geometry)
+
+    def forward_sparse(self, x: torch.Tensor, mask: torch.Tensor,
+                       geometry: Optional[List[StageGeometry]] = None) -> Tuple[torch.Tensor, ...]:
+        """Sparse path. x (B, 3, H, W), mask (H/32, W/32) bool -> tuple of (B, N_i, C_i)."""
+        if geometry is None:
+            geometry = self.sparse_geometry(mask, x.shape[-2:])
+        geometry = [g.to(x.device) for g in geometry]
+        x = self._embed_visible(x, geometry[0])
+        outs = []
+        for i, (stage, geo) in enumerate(zip(self.stages, geometry)):
+            for blk in stage.blocks:
+                x = self._sparse_block(blk, x, geo.plans[(blk.attn.window_size,
+                                                          blk.attn.shift_size)])
+            if stage.downsample is not None and self.out_after_downsample:
+                x = self._sparse_merge(stage.downsample, x, geo.merge_index)
+            if i in self.out_indices:
+                outs.append(getattr(self, f'norm{i}')(x))
+            if stage.downsample is not None and not self.out_after_downsample:
+                x = self._sparse_merge(stage.downsample, x, geo.merge_index)
+        return tuple(outs)
+
+    def _embed_visible(self, x: torch.Tensor, geo: StageGeometry) -> torch.Tensor:
+        """Dense patch embedding (cheap), then the visible tokens (B, N_0, C) in raster order."""
+        x, hw_shape = self.patch_embed(x)
+        if tuple(hw_shape) != tuple(geo.hw):
+            raise ValueError(f'patch grid {tuple(hw_shape)} does not match the mask grid {geo.hw}')
+        if self.use_abs_pos_embed:
+            x = x + resize_pos_embed(self.absolute_pos_embed, self.patch_resolution, hw_shape,
+                                     self.interpolate_mode, self.num_extra_tokens)
+        x = self.drop_after_pos(x)
+        flat = geo.coords[:, 0] * hw_shape[1] + geo.coords[:, 1]
+        return x[:, flat]
+
+    def _sparse_block(self, blk, x: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
+        """mmpretrain's ``SwinBlock.forward`` on visible tokens (B, N, C) with a window plan."""
+        w_msa = blk.attn.w_msa
+        dropout_p = w_msa.attn_drop.p if self.training else 0.0
+        backend = resolve_backend(self.attn_backend, x.device, dropout_p, self.training)
+
+        def inner(x):
+            identity = x
+            y = window_attention(blk.norm1(x), plan, w_msa.qkv.weight, w_msa.qkv.bias,
+                                 w_msa.relative_position_bias_table, w_msa.num_heads, w_msa.scale,
+                                 backend, dropout_p)
+            y = blk.attn.drop(w_msa.proj_drop(w_msa.proj(y)))
+            x = identity + y
+            return blk.ffn(blk.norm2(x), identity=x)
+
+        if blk.with_cp and x.requires_grad:
+            return cp.checkpoint(inner, x, use_reentrant=False)
+        return inner(x)
+
+    @staticmethod
+    def _sparse_merge(merging, x: torch.Tensor, merge_index: torch.Tensor) -> torch.Tensor:
+        """mmcv ``PatchMerging`` on visible tokens: (B, N, C) -> (B, N/4, C_out)."""
+        x = gather_merge(x, merge_index)
+        if merging.norm is not None:
+            x = merging.norm(x)
+        return merging.reduction(x)
