@@ -1,0 +1,140 @@
+"""Benchmark GreenMIM window grouping on Swin-B at 224 px (ratio 0.75).
+
+For every stage of Swin-B (C = 128/256/512/1024; window 7 and window 14,
+shift 0 and w//2) and random 7x7 unit masks, prints:
+
+* plan time of ``optimal_grouping`` (median / p90, ms) and the share of
+  plans proven optimal within the exact-search budget;
+* median time of ``algorithm1_grouping`` (the paper's Algorithm 1) on the
+  first ``--alg1-masks`` masks;
+* cost ratios alg1/opt (on those masks) and fixed-g/opt (all masks), where
+  fixed-g is the official code: g = min(w², max count), one repeated
+  knapsack pass;
+* padding overhead n_groups*g / visible tokens of the optimal and fixed-g
+  plans.
+
+Usage: python tools/benchmark_grouping.py [--masks 200] [--seed 0]
+"""
+import argparse
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+try:
+    from greenmim_mm.ops import grouping
+except ImportError:  # package __init__ needs the full (mm*) environment
+    _spec = importlib.util.spec_from_file_location(
+        'grouping', REPO_ROOT / 'greenmim_mm' / 'ops' / 'grouping.py')
+    grouping = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(grouping)
+
+UNITS = 7  # 224 px / 32 px mask units
+EMBED_DIMS = (128, 256, 512, 1024)
+STAGE_GRIDS = (56, 28, 14, 7)
+
+
+def random_masks(n, ratio, seed):
+    """MAE-style masks over the 7x7 units (True = masked), seeded."""
+    rng = np.random.default_rng(seed)
+    keep = int(UNITS * UNITS * (1 - ratio))
+    masks = []
+    for _ in range(n):
+        mask = np.ones(UNITS * UNITS, dtype=bool)
+        mask[rng.permutation(UNITS * UNITS)[:keep]] = False
+        masks.append(mask.reshape(UNITS, UNITS))
+    return masks
+
+
+def stage_configs(window):
+    """(stage, grid, tokens_per_unit, C, w, shift) with Swin's clamping."""
+    for stage, (grid, dims) in enumerate(zip(STAGE_GRIDS, EMBED_DIMS), 1):
+        w = min(window, grid)
+        shifts = (0, w // 2) if w < grid else (0, )
+        for shift in shifts:
+            yield stage, grid, grid // UNITS, dims, w, shift
+
+
+def fixed_g_plan(counts, w):
+    """The official code: g = min(w², max count), one greedy pass."""
+    g = min(w * w, max(counts))
+    return g, grouping.repeated_knapsack(counts, g)
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, (time.perf_counter() - start) * 1e3
+
+
+def bench_config(masks, n_alg1, cfg):
+    _, _, t, dims, w, shift = cfg
+    plan_ms, alg1_ms, alg1_ratio, fixed_ratio = [], [], [], []
+    pad_opt, pad_fixed, windows, proven = [], [], [], 0
+    for i, mask in enumerate(masks):
+        counts = grouping.window_counts(mask, t, w, shift)
+        (g, groups), ms = timed(grouping.optimal_grouping, counts, dims)
+        plan_ms.append(ms)
+        cost = grouping.grouping_cost(g, groups, dims)
+        proven += grouping._optimal_plan(counts, dims,
+                                         grouping.EXACT_SEARCH_BUDGET)[2]
+        g_f, groups_f = fixed_g_plan(counts, w)
+        fixed_ratio.append(grouping.grouping_cost(g_f, groups_f, dims) / cost)
+        total = sum(counts)
+        pad_opt.append(len(groups) * g / total)
+        pad_fixed.append(len(groups_f) * g_f / total)
+        windows.append(len(counts))
+        if i < n_alg1:
+            (g1, groups1), ms = timed(grouping.algorithm1_grouping, counts,
+                                      dims)
+            alg1_ms.append(ms)
+            alg1_ratio.append(
+                grouping.grouping_cost(g1, groups1, dims) / cost)
+    return dict(
+        windows=np.mean(windows), plan_med=np.median(plan_ms),
+        plan_p90=np.percentile(plan_ms, 90), plan_max=np.max(plan_ms),
+        proven=100 * proven / len(masks), alg1_med=np.median(alg1_ms),
+        alg1_mean=np.mean(alg1_ratio), alg1_max=np.max(alg1_ratio),
+        fixed_mean=np.mean(fixed_ratio), fixed_max=np.max(fixed_ratio),
+        pad_opt=np.mean(pad_opt), pad_fixed=np.mean(pad_fixed))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--masks', type=int, default=200,
+                        help='random masks per configuration')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--ratio', type=float, default=0.75)
+    parser.add_argument('--alg1-masks', type=int, default=20,
+                        help='masks on which Algorithm 1 is run')
+    args = parser.parse_args()
+    masks = random_masks(args.masks, args.ratio, args.seed)
+    n_alg1 = min(args.alg1_masks, args.masks)
+    print(f'Swin-B @224, {args.masks} masks (seed {args.seed}), ratio '
+          f'{args.ratio}; Algorithm 1 on {n_alg1} masks; budget '
+          f'{grouping.EXACT_SEARCH_BUDGET} exact-search nodes')
+    header = ('win stage grid    C  w sh  #win | plan ms med   p90   max '
+              'proven | alg1 ms | alg1/opt mean   max | fixed/opt mean   '
+              'max | pad opt fixed')
+    print(header)
+    print('-' * len(header))
+    for window in (7, 14):
+        for cfg in stage_configs(window):
+            r = bench_config(masks, n_alg1, cfg)
+            stage, grid, _, dims, w, shift = cfg
+            print(f'{window:3d} {stage:5d} {grid:4d} {dims:4d} {w:2d} '
+                  f'{shift:2d} {r["windows"]:5.1f} | {r["plan_med"]:11.3f} '
+                  f'{r["plan_p90"]:5.3f} {r["plan_max"]:5.2f} '
+                  f'{r["proven"]:5.0f}% | {r["alg1_med"]:7.1f} | '
+                  f'{r["alg1_mean"]:13.4f} {r["alg1_max"]:5.3f} | '
+                  f'{r["fixed_mean"]:14.4f} {r["fixed_max"]:5.3f} | '
+                  f'{r["pad_opt"]:7.3f} {r["pad_fixed"]:5.3f}')
+
+
+if __name__ == '__main__':
+    main()
