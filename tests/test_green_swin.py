@@ -226,3 +226,15 @@ def test_clear_errors():
         GreenSwinTransformer(arch=TINY, attn_backend='cuda-magic')
     with pytest.raises(ValueError, match='grouping'):
         GreenSwinTransformer(arch=TINY, grouping='best')
+
+
+def test_mmdet_swin_loads_our_weights_and_agrees_at_detection_sizes():
+    from mmdet.models.backbones import SwinTransformer as MMDetSwin
+    ours = make_model(224, 7, None)
+    theirs = MMDetSwin(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(2, 2, 4, 4), window_size=7,
+                       drop_path_rate=0.0, out_indices=(0, 1, 2, 3), convert_weights=False)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    theirs.eval()
+    x = torch.randn(1, 3, 256, 320)  # no stage map equals the window: both keep every shift
+    with torch.no_grad():
+        assert max_diff(ours(x), theirs(x)) <= 1e-5

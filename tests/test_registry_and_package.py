@@ -68,8 +68,8 @@ def test_mmdet_config_builds_scoped_backbone_into_fpn_mask_rcnn(tmp_path):
     init_default_scope('mmdet')
     detector = MODELS.build(cfg.model)
     assert type(detector.backbone) is GreenSwinTransformer
-    feats = detector.extract_feat(torch.randn(1, 3, 224, 320))
-    assert [tuple(f.shape) for f in feats] == [(1, 256, 224 // s, 320 // s) for s in (4, 8, 16, 32, 64)]
+    feats = detector.extract_feat(torch.randn(1, 3, 256, 320))
+    assert [tuple(f.shape) for f in feats] == [(1, 256, 256 // s, 320 // s) for s in (4, 8, 16, 32, 64)]
 
 
 def test_wheel_carries_configs_and_tools_in_dot_mim(tmp_path):

@@ -60,9 +60,17 @@ create_env() {
 
 install_project() {
   # Develop mode (an egg-link to this clone): PEP 660 editable installs break mim's package lookup.
-  local marker="$ENV/.project_path"
-  if [ "$(cat "$marker" 2>/dev/null)" != "$REPO" ] || [ ! -e "$REPO/greenmim_mm.egg-info" ]; then
+  local marker="$ENV/.project_path" old site
+  old="$(cat "$marker" 2>/dev/null || true)"
+  if [ "$old" != "$REPO" ] || [ ! -e "$REPO/greenmim_mm.egg-info" ]; then
     log "installing greenmim_mm from $REPO (develop mode)"
+    # Forget the clone installed before (its path would shadow this one on sys.path).
+    site="$("$ENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    rm -f "$site/greenmim-mm.egg-link"
+    if [ -n "$old" ] && [ -f "$site/easy-install.pth" ]; then
+      grep -vxF "$old" "$site/easy-install.pth" > "$site/easy-install.pth.new" || true
+      mv "$site/easy-install.pth.new" "$site/easy-install.pth"
+    fi
     (cd "$REPO" && "$ENV/bin/python" setup.py -q develop --no-deps >/dev/null 2>"$ENV/develop.log") \
       || { cat "$ENV/develop.log" >&2; exit 1; }
     echo "$REPO" > "$marker"

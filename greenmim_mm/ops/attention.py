@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .windows import WindowPlan
 
 BACKENDS = ('auto', 'sdpa', 'flex')
+_COMPILED_FLEX = []  # torch.compile(flex_attention), built once on first CUDA use
 
 
 def flex_available() -> bool:
@@ -70,6 +71,15 @@ def padded_window_attention(x: torch.Tensor, plan: WindowPlan, qkv_weight: torch
     return out[:, plan.inverse]
 
 
+def _compiled_flex():
+    """The fused FlexAttention kernel (compiled once per process). The number of visible tokens
+    per stage is fixed by the mask ratio, so shapes stay static across batches."""
+    if not _COMPILED_FLEX:
+        from torch.nn.attention.flex_attention import flex_attention
+        _COMPILED_FLEX.append(torch.compile(flex_attention))
+    return _COMPILED_FLEX[0]
+
+
 def _flex_block_mask(plan: WindowPlan, device):
     """FlexAttention block mask 'same window', cached on the plan (one per forward pass)."""
     cache = plan.__dict__.setdefault('_flex_cache', {})
@@ -103,7 +113,7 @@ def flex_window_attention(x: torch.Tensor, plan: WindowPlan, qkv_weight: torch.T
         idx = (rows[q_idx] - rows[kv_idx] + w - 1) * (2 * w - 1) + (cols[q_idx] - cols[kv_idx] + w - 1)
         return score + table[idx.clamp(0, last), h].to(score.dtype)
 
-    attend = torch.compile(flex_attention) if x.is_cuda else flex_attention
+    attend = _compiled_flex() if x.is_cuda else flex_attention  # eager (unfused) on CPU
     out = attend(q, k, v, score_mod=add_bias, block_mask=block_mask, scale=scale)
     out = out.permute(0, 2, 1, 3).reshape(b, n, c)
     return out[:, unsort]
