@@ -1,0 +1,418 @@
+"""Convert Swin checkpoints to greenmim_mm / mmpretrain / mmdet backbone weights.
+
+Sources (``SOURCES``):
+
+* ``greenmim_mm``: our pre-training (or any mmpretrain-style) checkpoint; keeps ``backbone.*``.
+* ``official-g1``: the official GreenMIM code before commit ``b981012`` (G1 and G2, including the
+  released May-2022 checkpoints): Microsoft-Swin keys, PatchMerging concatenates its 2x2
+  neighbours row-first, (0,0),(0,1),(1,0),(1,1).
+* ``official-g3``: official GreenMIM from ``b981012`` on, Microsoft Swin, SimMIM, and old-format
+  timm checkpoints: neighbours in Swin's order (0,0),(1,0),(0,1),(1,1).
+* ``timm``: timm >= 0.6 Swin state dicts (downsample at the start of stage i); an old
+  Microsoft-format one (downsample at the end) is converted as ``official-g3``.
+
+Output: ``{'state_dict': {'backbone.<key>': tensor}}`` in mmpretrain's ``SwinTransformer`` layout,
+PatchMerging channels in mmcv's ``nn.Unfold`` order (input channel ``4 * c + k`` with neighbours
+k = (0,0),(0,1),(1,0),(1,1)), ``relative_position_index`` buffers rebuilt for the target windows,
+tables resized with mmpretrain's ``resize_relative_position_bias_table`` when a window changes.
+
+Loading the output:
+
+* greenmim_mm / mmpretrain ``SwinTransformer``:
+  ``init_cfg=dict(type='Pretrained', checkpoint=OUT, prefix='backbone.')`` (or strict
+  ``load_state_dict`` of the stripped keys; ``norm{i}`` exist only for the source's out indices).
+* mmdet ``SwinTransformer``: ``convert_weights=False``, ``init_cfg=dict(type='Pretrained',
+  checkpoint=OUT)``. mmdet's ``init_weights`` ignores ``prefix``: it keeps only keys starting with
+  ``backbone.`` and strips that itself, then loads with ``strict=False``, so shapes must match
+  (build it with the converted windows). mmdet's Swin keeps the shifted-window shift where a
+  stage's map equals the window (e.g. 7x7 at 224 px, window 7), mmpretrain's and ours drop it, so
+  the outputs agree exactly only where no stage map equals its window (e.g. 800x1333, 256x320).
+"""
+import argparse
+import math
+import os.path as osp
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+SOURCES = ('greenmim_mm', 'official-g1', 'official-g3', 'timm')
+
+# For each of our (mmcv Unfold) neighbours (0,0),(0,1),(1,0),(1,1): its position in the
+# source's neighbour-major 4C concatenation.
+MERGE_ORDERS = {
+    'official-g1': (0, 1, 2, 3),  # row-first: (0,0),(0,1),(1,0),(1,1)
+    'official-g3': (0, 2, 1, 3),  # Swin: (0,0),(1,0),(0,1),(1,1)
+}
+
+_BUFFER_SUFFIXES = ('relative_position_index', 'attn_mask', 'relative_coords_table')
+
+# Microsoft/timm block keys -> ours (after ``stages.{i}.blocks.{j}.``).
+_BLOCK_KEYS = {
+    'norm1.weight': 'norm1.weight', 'norm1.bias': 'norm1.bias',
+    'norm2.weight': 'norm2.weight', 'norm2.bias': 'norm2.bias',
+    'attn.qkv.weight': 'attn.w_msa.qkv.weight', 'attn.qkv.bias': 'attn.w_msa.qkv.bias',
+    'attn.proj.weight': 'attn.w_msa.proj.weight', 'attn.proj.bias': 'attn.w_msa.proj.bias',
+    'attn.relative_position_bias_table': 'attn.w_msa.relative_position_bias_table',
+    'mlp.fc1.weight': 'ffn.layers.0.0.weight', 'mlp.fc1.bias': 'ffn.layers.0.0.bias',
+    'mlp.fc2.weight': 'ffn.layers.1.weight', 'mlp.fc2.bias': 'ffn.layers.1.bias',
+}
+_OUR_BLOCK_KEYS = set(_BLOCK_KEYS.values())
+_OUR_KEY_PATTERNS = [re.compile(p) for p in (
+    r'patch_embed\.projection\.(weight|bias)',
+    r'patch_embed\.norm\.(weight|bias)',
+    r'absolute_pos_embed',
+    r'stages\.\d+\.blocks\.\d+\.(%s)' % '|'.join(
+        re.escape(k) for k in sorted(_OUR_BLOCK_KEYS) + ['attn.w_msa.relative_position_index']),
+    r'stages\.\d+\.downsample\.(norm\.weight|norm\.bias|reduction\.weight)',
+    r'norm\d+\.(weight|bias)',
+)]
+_TABLE = 'attn.w_msa.relative_position_bias_table'
+_INDEX = 'attn.w_msa.relative_position_index'
+
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be read or converted; the message names the problem."""
+
+
+# ---------------------------------------------------------------------------- reading
+def read_checkpoint(path: str) -> dict:
+    """Load ``path`` weights-only on the CPU.
+
+    Allowed besides tensors and containers: exactly mmengine's checkpoint objects (message hub,
+    numpy; :func:`greenmim_mm.compat.load_local_checkpoint`) and ``argparse.Namespace`` (the
+    ``args`` entry of MAE/GreenMIM and timm training checkpoints), for every source, so that a
+    wrong ``--src`` gets a layout error rather than a read error.
+    """
+    from greenmim_mm.compat import load_local_checkpoint
+    if not osp.isfile(path):
+        raise ConversionError(f'input checkpoint not found: {path}')
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = load_local_checkpoint(path, map_location='cpu')
+    except Exception as err:  # unpickling / zip / EOF errors all mean "unreadable"
+        raise ConversionError(f'cannot read {path} as a weights-only torch checkpoint: '
+                              f'{_describe_load_error(err)}') from err
+    if not isinstance(ckpt, dict):
+        raise ConversionError(f'{path} holds a {type(ckpt).__name__}, not a checkpoint dict')
+    return ckpt
+
+
+def _describe_load_error(err: Exception) -> str:
+    """The informative part of a (possibly long) torch.load error."""
+    text = str(err).strip()
+    found = re.search(r'Unsupported global: GLOBAL (\S+)', text)
+    if found:
+        return (f'it pickles {found.group(1)}, which is not allowed (only tensors, plain '
+                'containers, argparse.Namespace and mmengine\'s message-hub objects are)')
+    return f'{type(err).__name__}: {text.splitlines()[0]}' if text else type(err).__name__
+
+
+def _tensor_dict(obj, what: str) -> Dict[str, torch.Tensor]:
+    """``obj`` as a str -> tensor dict; non-tensor entries are an error."""
+    if not isinstance(obj, dict) or not obj:
+        raise ConversionError(f'{what}: expected a non-empty dict of tensors, got '
+                              f'{type(obj).__name__}')
+    bad = [k for k, v in obj.items() if not torch.is_tensor(v)]
+    if bad:
+        raise ConversionError(f'{what}: entries that are not tensors: {_sample(bad)}')
+    return dict(obj)
+
+
+def summarize_dropped(keys: Sequence[str]) -> str:
+    """'decoder_embed.*, head.*, mask_token, 12 buffers (...)' for a list of dropped keys."""
+    buffers = [k for k in keys if k.endswith(_BUFFER_SUFFIXES)]
+    groups = sorted({k.split('.')[0] + ('.*' if '.' in k else '') for k in keys
+                     if k not in buffers})
+    more = [f'{len(buffers)} buffers ({", ".join(sorted({k.split(".")[-1] for k in buffers}))})'
+            ] if buffers else []
+    return ', '.join(groups + more)
+
+
+def _sample(keys: Sequence[str], n: int = 8) -> str:
+    keys = list(keys)
+    more = f' ... (+{len(keys) - n} more)' if len(keys) > n else ''
+    return ', '.join(keys[:n]) + more
+
+
+def _unwrap(ckpt: dict) -> Tuple[dict, str]:
+    """The state dict inside an mmengine ('state_dict') / MAE-style ('model') checkpoint."""
+    for name in ('state_dict', 'model'):
+        if isinstance(ckpt.get(name), dict):
+            return ckpt[name], f"checkpoint['{name}']"
+    return ckpt, 'checkpoint'
+
+
+def _strip_prefix(sd: dict, prefix: str) -> dict:
+    """Keys under ``prefix`` with it removed, or ``sd`` itself when no key has it."""
+    if not any(k.startswith(prefix) for k in sd):
+        return sd
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def guess_layout(keys) -> Optional[str]:
+    """Best guess of the ``--src`` that fits a state dict's keys (for error messages)."""
+    keys = {re.sub(r'^(module\.|encoder\.|backbone\.)+', '', k) for k in keys}
+    if 'patch_embed.projection.weight' in keys:
+        return 'greenmim_mm'
+    if 'patch_embed.proj.weight' in keys:
+        if any(k.startswith('layers.0.downsample.') for k in keys):
+            return 'official-g1 or official-g3 (Microsoft-Swin layout)'
+        return 'timm'
+    return None
+
+
+def _layout_error(src: str, expected: str, keys) -> ConversionError:
+    guess = guess_layout(keys)
+    hint = f'; it looks like --src {guess}' if guess and not guess.startswith(src) else ''
+    return ConversionError(f'--src {src}: unrecognised layout: expected {expected}; '
+                           f'found keys: {_sample(list(keys))}{hint}')
+
+
+# ---------------------------------------------------------------------------- sources
+def greenmim_mm_backbone(ckpt: dict) -> Tuple[dict, List[str]]:
+    """Backbone weights of our (mmengine) checkpoint: ``backbone.*`` stripped; the rest dropped.
+
+    A bare mmpretrain-layout backbone state dict (no ``backbone.`` prefix) is accepted as is.
+    """
+    sd, where = _unwrap(ckpt)
+    sd = _tensor_dict(sd, where)
+    sd = _strip_prefix(sd, 'module.')
+    if any(k.startswith('backbone.') for k in sd):
+        dropped = [k for k in sd if not k.startswith('backbone.')]
+        return {k[9:]: v for k, v in sd.items() if k.startswith('backbone.')}, dropped
+    if 'patch_embed.projection.weight' in sd:
+        return sd, []
+    raise _layout_error('greenmim_mm', "keys 'backbone.patch_embed.projection.weight', "
+                        "'backbone.stages.0.blocks.0...' (mmpretrain Swin layout)", sd)
+
+
+def official_state_dict(ckpt: dict) -> Tuple[dict, List[str]]:
+    """Microsoft-style encoder weights: ``checkpoint['model']`` with ``encoder.`` stripped
+    (decoder, mask token dropped), or an already extracted bare state dict."""
+    sd, where = _unwrap(ckpt)
+    sd = _strip_prefix(_tensor_dict(sd, where), 'module.')
+    dropped = []
+    if any(k.startswith('encoder.') for k in sd):
+        dropped = [k for k in sd if not k.startswith('encoder.')]
+        sd = _strip_prefix(sd, 'encoder.')
+    return sd, dropped
+
+
+def permute_merge(t: torch.Tensor, order: Sequence[int]) -> torch.Tensor:
+    """Reorder a PatchMerging input axis (the last one, 4C) from a neighbour-major source layout
+    (``k * C + c``) to mmcv's channel-major Unfold layout (``4 * c + k'``).
+
+    ``order[k']`` is the source position of our neighbour k' in (0,0),(0,1),(1,0),(1,1).
+    """
+    *lead, four_c = t.shape
+    if four_c % 4:
+        raise ConversionError(f'PatchMerging input axis {four_c} is not a multiple of 4')
+    t = t.reshape(*lead, 4, four_c // 4)[..., list(order), :]
+    return t.transpose(-1, -2).reshape(*lead, four_c).contiguous()
+
+
+def rename_swin(sd: dict, src: str, order: Sequence[int], downsample_shift: int
+                ) -> Tuple[dict, List[str]]:
+    """Microsoft/timm Swin keys -> ours, permuting PatchMerging channels by ``order``.
+
+    ``downsample_shift``: 0 when ``layers.{i}.downsample`` ends stage i (Microsoft/official),
+    -1 when it starts stage i (timm >= 0.6). Buffers, classifier head, mask token and decoder
+    are dropped; any other unknown key is an error.
+    """
+    stages = [int(m.group(1)) for k in sd for m in [re.match(r'layers\.(\d+)\.blocks\.', k)] if m]
+    if 'patch_embed.proj.weight' not in sd or not stages:
+        raise _layout_error(src, "Microsoft/timm Swin keys 'patch_embed.proj.weight', "
+                            "'layers.{i}.blocks.{j}.attn.qkv.weight', ... (optionally under "
+                            "'encoder.' in checkpoint['model'])", sd)
+    last = max(stages)
+    out, dropped, unknown = {}, [], []
+    for key, value in sd.items():
+        new = _rename_key(key, last, downsample_shift)
+        if new is None:
+            (dropped if _is_droppable(key) else unknown).append(key)
+            continue
+        if '.downsample.' in new:
+            value = permute_merge(value, order)
+        out[new] = value
+    if unknown:
+        raise ConversionError(f'--src {src}: keys with no counterpart in the mmpretrain Swin '
+                              f'layout: {_sample(unknown)}')
+    return out, dropped
+
+
+def _rename_key(key: str, last: int, downsample_shift: int) -> Optional[str]:
+    """Our name of one Microsoft/timm key, None when it has none."""
+    m = re.fullmatch(r'patch_embed\.proj\.(weight|bias)', key)
+    if m:
+        return f'patch_embed.projection.{m.group(1)}'
+    if re.fullmatch(r'patch_embed\.norm\.(weight|bias)|absolute_pos_embed', key):
+        return key
+    m = re.fullmatch(r'layers\.(\d+)\.blocks\.(\d+)\.(.+)', key)
+    if m and m.group(3) in _BLOCK_KEYS:
+        return f'stages.{m.group(1)}.blocks.{m.group(2)}.{_BLOCK_KEYS[m.group(3)]}'
+    m = re.fullmatch(r'layers\.(\d+)\.downsample\.(norm\.weight|norm\.bias|reduction\.weight)',
+                     key)
+    if m:
+        stage = int(m.group(1)) + downsample_shift
+        return f'stages.{stage}.downsample.{m.group(2)}' if 0 <= stage < last else None
+    m = re.fullmatch(r'norm\.(weight|bias)', key)
+    if m:
+        return f'norm{last}.{m.group(1)}'
+    return None
+
+
+def _is_droppable(key: str) -> bool:
+    return (key.endswith(_BUFFER_SUFFIXES) or key.startswith(('head.', 'mask_token', 'decoder')))
+
+
+def convert_official(ckpt: dict, src: str) -> Tuple[dict, List[str]]:
+    """Official GreenMIM / Microsoft Swin (downsample at the end of stage i)."""
+    sd, dropped = official_state_dict(ckpt)
+    merges = sorted(k for k in sd if re.match(r'layers\.\d+\.downsample\.', k))
+    if merges and 'layers.0.downsample.reduction.weight' not in sd:
+        raise ConversionError(
+            f"--src {src}: unrecognised layout: expected the Microsoft layout "
+            "('layers.0.downsample.reduction.weight': downsample at the end of each stage); "
+            f'found downsample keys {_sample(merges, 3)} (timm >= 0.6 layout: downsample at the '
+            'start of a stage); it looks like --src timm')
+    sd, more = rename_swin(sd, src, MERGE_ORDERS[src], downsample_shift=0)
+    return sd, dropped + more
+
+
+def convert_timm(ckpt: dict) -> Tuple[dict, List[str], bool]:
+    """timm Swin (downsample at the start of stage i); an old Microsoft-format one (downsample
+    at the end, as timm's own ``checkpoint_filter_fn`` detects it) as official-g3.
+    Returns (state dict, dropped keys, whether it was Microsoft-format)."""
+    sd, where = _unwrap(ckpt)
+    sd = _strip_prefix(_tensor_dict(sd, where), 'module.')
+    microsoft = 'layers.0.downsample.reduction.weight' in sd
+    sd, dropped = rename_swin(sd, 'timm', MERGE_ORDERS['official-g3'],
+                              downsample_shift=0 if microsoft else -1)
+    return sd, dropped, microsoft
+
+
+# ---------------------------------------------------------------------------- our layout
+def swin_geometry(sd: dict) -> Dict[str, list]:
+    """Check a state dict in our layout; return per-stage ``depths``, ``heads``, ``windows``."""
+    unknown = [k for k in sd if not any(p.fullmatch(k) for p in _OUR_KEY_PATTERNS)]
+    if unknown:
+        raise ConversionError('keys outside the mmpretrain Swin layout (expected '
+                              "'patch_embed.projection.*', 'stages.{i}.blocks.{j}.attn.w_msa.*', "
+                              f"'stages.{{i}}.downsample.*', 'norm{{i}}.*'): {_sample(unknown)}")
+    blocks = {}
+    for k in sd:
+        m = re.match(r'stages\.(\d+)\.blocks\.(\d+)\.', k)
+        if m:
+            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    if 'patch_embed.projection.weight' not in sd or not blocks:
+        raise ConversionError('no Swin backbone found: expected patch_embed.projection.weight and '
+                              f'stages.{{i}}.blocks.{{j}}.*; found: {_sample(sorted(sd))}')
+    num_stages = max(blocks) + 1
+    if any(k.startswith(f'stages.{num_stages - 1}.downsample.') for k in sd):
+        raise ConversionError(f'stage {num_stages - 1} is the last stage but has a downsample; '
+                              'mmpretrain Swin merges only between stages')
+    missing = []
+    geo = dict(depths=[], heads=[], windows=[])
+    for i in range(num_stages):
+        depth = max(blocks.get(i, {-1})) + 1
+        expected = [f'stages.{i}.blocks.{j}.{n}' for j in range(max(depth, 1))
+                    for n in sorted(_OUR_BLOCK_KEYS)]
+        if i < num_stages - 1:
+            expected += [f'stages.{i}.downsample.{n}'
+                         for n in ('norm.weight', 'norm.bias', 'reduction.weight')]
+        missing += [k for k in expected if k not in sd]
+        if missing:
+            continue
+        tables = [sd[f'stages.{i}.blocks.{j}.{_TABLE}'] for j in range(depth)]
+        windows = {_window_of(t.shape[0]) for t in tables}
+        if len(windows) != 1:
+            raise ConversionError(f'stage {i}: blocks with different windows {sorted(windows)}')
+        geo['depths'].append(depth)
+        geo['heads'].append(int(tables[0].shape[1]))
+        geo['windows'].append(windows.pop())
+    if missing:
+        raise ConversionError(f'incomplete Swin state dict, missing: {_sample(missing)}')
+    return geo
+
+
+def _window_of(table_len: int) -> int:
+    """Window w of a relative-position table with (2w - 1)**2 rows."""
+    side = math.isqrt(table_len)
+    if side * side != table_len or side % 2 == 0:
+        raise ConversionError(f'relative_position_bias_table with {table_len} rows is not '
+                              '(2w-1)^2 for a square window w')
+    return (side + 1) // 2
+
+
+def fresh_relative_position_index(window: int) -> torch.Tensor:
+    """The ``relative_position_index`` buffer of mmpretrain's ``WindowMSA`` for ``window``."""
+    from mmpretrain.models.utils.attention import WindowMSA
+    return WindowMSA(embed_dims=1, window_size=(window, window),
+                     num_heads=1).relative_position_index.clone()
+
+
+def set_windows(sd: dict, geo: dict, windows: Sequence[int]) -> List[str]:
+    """Resize tables to ``windows`` (mmpretrain's resize) and rebuild every index buffer."""
+    # SciPy >= 1.14 lacks the interp2d this calls: importing greenmim_mm (our package) restores it
+    from mmpretrain.models.utils import resize_relative_position_bias_table
+    if len(windows) != len(geo['depths']):
+        raise ConversionError(f'{len(windows)} stage windows given for a Swin with '
+                              f"{len(geo['depths'])} stages")
+    notes = []
+    for i, (depth, src_w, dst_w) in enumerate(zip(geo['depths'], geo['windows'], windows)):
+        index = fresh_relative_position_index(dst_w)
+        for j in range(depth):
+            key = f'stages.{i}.blocks.{j}.'
+            if src_w != dst_w:
+                table = sd[key + _TABLE]
+                sd[key + _TABLE] = resize_relative_position_bias_table(
+                    2 * src_w - 1, 2 * dst_w - 1, table, table.shape[1]).to(table.dtype)
+            sd[key + _INDEX] = index.clone()
+        if src_w != dst_w:
+            notes.append(f'stage {i}: relative position tables resized, window {src_w} -> {dst_w}')
+    return notes
+
+
+# ---------------------------------------------------------------------------- top level
+def convert_checkpoint(ckpt: dict, src: str, window: Optional[int] = None,
+                       stage_windows: Optional[Sequence[int]] = None
+                       ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Convert a loaded checkpoint; return (``backbone.``-prefixed state dict, notes)."""
+    if src not in SOURCES:
+        raise ConversionError(f'unknown source {src!r}; choose one of {SOURCES}')
+    if window is not None and stage_windows is not None:
+        raise ConversionError('give either window or stage_windows, not both')
+    notes = []
+    if src == 'greenmim_mm':
+        sd, dropped = greenmim_mm_backbone(ckpt)
+    elif src == 'timm':
+        sd, dropped, microsoft = convert_timm(ckpt)
+        if microsoft:
+            notes.append('Microsoft-format checkpoint (downsample at stage ends): converted with '
+                         "official Swin's merge order, as official-g3")
+    else:
+        sd, dropped = convert_official(ckpt, src)
+    geo = swin_geometry(sd)
+    if stage_windows is not None:
+        targets = list(stage_windows)
+    elif window is not None:
+        targets = [window] * len(geo['depths'])
+    else:
+        targets = geo['windows']
+    if any(int(w) < 1 for w in targets):
+        raise ConversionError(f'windows must be positive, got {targets}')
+    notes += [f'dropped: {summarize_dropped(dropped)}'] if dropped else []
+    notes += set_windows(sd, geo, [int(w) for w in targets])
+    return {f'backbone.{k}': v.contiguous() for k, v in sd.items()}, notes
+
+
+def convert_file(in_path: str, out_path: str, src: str, window: Optional[int] = None,
+                 stage_windows: Optional[Sequence[int]] = None) -> List[str]:
+    """Read ``in_path``, convert, write ``{'state_dict': ...}`` to ``out_path``; return notes."""
+    out_dir = osp.dirname(osp.abspath(out_path))
+    if not osp.isdir(out_dir):
+        raise ConversionError(f'output directory does not exist: {out_dir}')
+    state_dict, notes = convert_checkpoint(read_checkpoint(in_path), src, window, stage_windows)
+    torch.save({'state_dict': state_dict}, out_path)
+    return notes
