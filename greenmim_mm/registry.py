@@ -14,10 +14,13 @@ SCOPE = 'greenmim_mm'
 
 
 class PluginRegistry(Registry):
-    """A registry whose plain-name lookups fall back to an mmpretrain registry.
+    """A registry whose lookups of names it lacks fall back to an mmpretrain registry.
 
-    Lookup order for a plain ``key``: this registry, then ``fallback`` (mmpretrain, then its
-    parents, i.e. mmengine). Scoped keys (``'mmdet.X'``) behave exactly as in mmengine.
+    Lookup order for ``Name`` or ``greenmim_mm.Name``: this registry, then ``fallback``
+    (mmpretrain, then its parents, i.e. mmengine). Other scoped keys (``'mmdet.X'``) behave
+    exactly as in mmengine. ``build`` runs in scope ``greenmim_mm`` unless the config names a
+    ``_scope_``, so our components resolve their nested plain-name parts the same way whatever
+    default scope the caller set (an mmdet or mmpretrain config, a test).
     """
 
     def __init__(self, name: str, fallback: Registry, locations: list):
@@ -26,13 +29,19 @@ class PluginRegistry(Registry):
 
     def get(self, key: str) -> Optional[Type]:
         scope, real_key = self.split_scope_key(key)
-        if scope is None:
+        if scope is None or scope == SCOPE:
             self.import_from_location()
             if real_key not in self._module_dict:
                 found = self.fallback.get(real_key)
                 if found is not None:
                     return found
         return super().get(key)
+
+    def build(self, cfg, *args, **kwargs):
+        if isinstance(cfg, dict) and '_scope_' not in cfg:
+            cfg = cfg.copy()
+            cfg['_scope_'] = SCOPE
+        return super().build(cfg, *args, **kwargs)
 
 
 def _plugin(name: str, fallback: Registry) -> PluginRegistry:

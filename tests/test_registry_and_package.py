@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.registry import DefaultScope, init_default_scope
+from mmengine.registry import init_default_scope
 
 import greenmim_mm
 from greenmim_mm.models import GreenSwinTransformer
@@ -17,12 +17,6 @@ from greenmim_mm.models import GreenSwinTransformer
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CFG = REPO / 'configs' / 'finetune' / 'greenswin-nano_demo-cls_128px.py'
 NANO = dict(embed_dims=16, depths=[2, 2, 2, 2], num_heads=[2, 2, 4, 4])
-
-
-@pytest.fixture(autouse=True)
-def _fresh_scope():
-    yield
-    DefaultScope._instance_dict.clear()
 
 
 def test_own_config_uses_mmpretrain_and_own_components_by_plain_name():
@@ -115,3 +109,20 @@ def test_mim_train_and_test_run_current_code_from_any_directory(tmp_path):
                 '--work-dir', str(tmp_path / 'test'), '--cfg-options'] + roots.split(), tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert 'accuracy/top1' in run.stdout + run.stderr
+
+
+def test_own_registry_builds_nested_parts_in_its_scope_whatever_the_default_scope():
+    """Our components build their plain-name parts (ours and mmpretrain's) even when a foreign
+    default scope is active, e.g. inside an mmdet/mmpretrain run or after another Runner."""
+    from greenmim_mm.registry import MODELS
+    init_default_scope('mmengine')
+    model = MODELS.build(dict(
+        type='GreenMIM',
+        backbone=dict(type='GreenSwinTransformer', arch=NANO, img_size=64, window_size=2,
+                      out_indices=(3, )),
+        neck=dict(type='MAEUnitDecoder', in_channels=128, embed_dims=16, depth=1, num_heads=2),
+        head=dict(type='UnitReconstructionHead'),
+        data_preprocessor=dict(type='SelfSupDataPreprocessor')))
+    assert type(model.backbone) is GreenSwinTransformer
+    assert type(model.data_preprocessor).__name__ == 'SelfSupDataPreprocessor'
+    assert MODELS.get('greenmim_mm.ImageClassifier').__module__.startswith('mmpretrain')

@@ -53,8 +53,25 @@ def build_config(args) -> Config:
     return cfg
 
 
+def setup_cpu_distributed(cfg: Config) -> None:
+    """``--launcher pytorch`` without CUDA: mmengine 0.10's launcher calls
+    ``torch.cuda.set_device`` and wraps the model with ``device_ids=[LOCAL_RANK]``; start the gloo
+    process group here instead (the Runner then skips its own init) and wrap without device ids."""
+    import torch
+    import torch.distributed as dist
+    if cfg.launcher != 'pytorch' or torch.cuda.is_available():
+        return
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+    wrapper = dict(cfg.get('model_wrapper_cfg') or {})
+    wrapper.setdefault('type', 'MMDistributedDataParallel')
+    wrapper['device_ids'] = None
+    cfg.model_wrapper_cfg = wrapper
+
+
 def main(argv=None):
     cfg = build_config(parse_args(argv))
+    setup_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg)
     runner.train()
 

@@ -1,0 +1,140 @@
+"""GreenMIM: masked image modeling with a sparse hierarchical (Swin) encoder.
+
+One random mask of 32-px units per device batch; the encoder computes only the visible tokens
+(``GreenSwinTransformer(x, mask=mask)``), a light decoder predicts every unit's pixels, and the
+loss counts the masked units only.
+"""
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from mmengine.dist import get_rank
+from mmpretrain.models.selfsup import BaseSelfSupervisor
+
+from greenmim_mm.ops.masking import check_mask_ratio, random_unit_mask, unit_grid
+from greenmim_mm.registry import MODELS
+
+
+def mask_generator_seed(base_seed: int, rank: int, step: int) -> int:
+    """A 64-bit generator seed, a deterministic hash of (base seed, rank, step) (NumPy's
+    ``SeedSequence``: well mixed, so neighbouring ranks/steps give unrelated streams)."""
+    entropy = [int(base_seed) % 2**64, int(rank), int(step)]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+
+
+def draw_unit_mask(grid_hw: Sequence[int], ratio: float, base_seed: int, rank: int,
+                   step: int) -> torch.Tensor:
+    """The mask of (base seed, rank, step): CPU bool (Hu, Wu), True = masked."""
+    gen = torch.Generator().manual_seed(mask_generator_seed(base_seed, rank, step))
+    return random_unit_mask(grid_hw, ratio, gen)
+
+
+@MODELS.register_module()
+class GreenMIM(BaseSelfSupervisor):
+    """GreenMIM pre-training (Huang et al., NeurIPS 2022) with a bug-fixed decoder placement.
+
+    Args:
+        backbone (dict): a ``GreenSwinTransformer`` (its last out index feeds the decoder).
+        neck (dict): the decoder, e.g. ``MAEUnitDecoder`` or ``LinearUnitDecoder``.
+        head (dict): the loss, ``UnitReconstructionHead``.
+        mask_ratio (float): fraction of units masked, in [0, 1) (MAE's rule: keep
+            max(1, floor(L * (1 - ratio))) units).
+        mask_seed (int, optional): base seed of the masks. None (default): ``torch.initial_seed()``
+            read at the first ``loss`` call, i.e. the seed mmengine's ``randomness`` set
+            (including the seed it restores from a checkpoint on resume, and the per-rank seed
+            with ``diff_rank_seed``).
+        data_preprocessor, init_cfg: as ``BaseSelfSupervisor``.
+
+    Masks: ``loss`` draws one mask per call (shared by the device batch) from a generator seeded
+    by a hash of (base seed, rank, step). ``step`` counts ``loss`` calls and is kept in the
+    persistent buffer ``mask_step`` (int64, in the state dict), so resuming from a checkpoint
+    draws exactly the masks an uninterrupted run would; ranks draw different masks. The global
+    torch RNG is neither used nor advanced.
+    """
+
+    def __init__(self, backbone: dict, neck: dict, head: dict, mask_ratio: float = 0.75,
+                 mask_seed: Optional[int] = None, pretrained: Optional[str] = None,
+                 data_preprocessor: Optional[Union[dict, torch.nn.Module]] = None,
+                 init_cfg: Optional[Union[dict, List[dict]]] = None):
+        self.mask_ratio = check_mask_ratio(mask_ratio)
+        # Build through our registry (mmpretrain's base class would use mmpretrain's, which
+        # does not know our components unless the default scope is greenmim_mm).
+        backbone, neck, head = (_build(c) for c in (backbone, neck, head))
+        if isinstance(data_preprocessor, dict):
+            data_preprocessor = _build(dict(dict(type='SelfSupDataPreprocessor'),
+                                            **data_preprocessor))
+        super().__init__(backbone=backbone, neck=neck, head=head, pretrained=pretrained,
+                         data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.base_seed = None if mask_seed is None else int(mask_seed)
+        self.register_buffer('mask_step', torch.zeros((), dtype=torch.int64), persistent=True)
+        self._step = 0  # host mirror of ``mask_step``: no device sync to read it
+
+    # ------------------------------------------------------------------ mask bookkeeping
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._step = int(self.mask_step)
+
+    @property
+    def unit(self) -> int:
+        """Mask-unit side in pixels (the backbone's last-stage stride, 32 for Swin)."""
+        return int(self.backbone.mask_unit)
+
+    def next_mask(self, img_hw: Sequence[int]) -> torch.Tensor:
+        """The mask of the current step for this rank (CPU bool (Hu, Wu)); advances the step."""
+        if self.base_seed is None:
+            self.base_seed = int(torch.initial_seed())
+        mask = draw_unit_mask(unit_grid(img_hw, self.unit), self.mask_ratio, self.base_seed,
+                              get_rank(), self._step)
+        self._step += 1
+        self.mask_step.fill_(self._step)
+        return mask
+
+    # ------------------------------------------------------------------ forward paths
+    def extract_feat(self, inputs: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """Dense backbone features: tuple of (B, C_i, H_i, W_i)."""
+        return self.backbone(inputs, mask=None)
+
+    def forward_masked(self, img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """img (B, C, H, W), mask (Hu, Wu) -> predictions (B, Hu*Wu, unit²·C)."""
+        latent = self.backbone(img, mask=mask)[-1]  # (B, N_vis, C): visible units, raster order
+        return self.neck(latent, mask)
+
+    def loss(self, inputs: Union[torch.Tensor, List[torch.Tensor]],
+             data_samples: Optional[list] = None, **kwargs) -> Dict[str, torch.Tensor]:
+        """inputs: normalised images (B, C, H, W) (or a one-view list) -> dict(loss=scalar)."""
+        img = _single_view(inputs)
+        mask = self.next_mask(img.shape[-2:])
+        pred = self.forward_masked(img, mask)
+        return dict(loss=self.head.loss(pred, img, mask))
+
+    @torch.no_grad()
+    def reconstruct(self, inputs: Union[torch.Tensor, List[torch.Tensor]],
+                    mask: Optional[torch.Tensor] = None,
+                    seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+        """For visualisation: (reconstruction (B, C, H, W), mask (Hu, Wu)).
+
+        ``inputs`` are normalised images; the reconstruction is in the same normalised space
+        (norm-pix predictions de-standardised with the original units' mean/std), predicted
+        units everywhere (paste visible units from the input as needed). Without ``mask`` one is
+        drawn from ``seed`` (the training step counter is left alone).
+        """
+        img = _single_view(inputs)
+        if mask is None:
+            mask = draw_unit_mask(unit_grid(img.shape[-2:], self.unit), self.mask_ratio,
+                                  seed, 0, 0)
+        pred = self.forward_masked(img, mask)
+        return self.head.to_image(pred, img), mask
+
+
+def _build(cfg: Union[dict, torch.nn.Module]) -> torch.nn.Module:
+    """A module from a config dict (greenmim_mm's registry, mmpretrain's as fallback)."""
+    return cfg if isinstance(cfg, torch.nn.Module) else MODELS.build(cfg)
+
+
+def _single_view(inputs: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
+    """The image batch (B, C, H, W) from a tensor or a one-view list (SelfSupDataPreprocessor)."""
+    if isinstance(inputs, (list, tuple)):
+        if len(inputs) != 1:
+            raise ValueError(f'GreenMIM takes one view per image; got {len(inputs)}')
+        inputs = inputs[0]
+    return inputs

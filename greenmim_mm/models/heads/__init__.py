@@ -1,0 +1,3 @@
+from .unit_recon_head import UnitReconstructionHead
+
+__all__ = ['UnitReconstructionHead']

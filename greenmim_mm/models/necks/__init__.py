@@ -1,0 +1,3 @@
+from .unit_decoder import LinearUnitDecoder, MAEUnitDecoder
+
+__all__ = ['MAEUnitDecoder', 'LinearUnitDecoder']

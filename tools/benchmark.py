@@ -1,0 +1,217 @@
+"""Pre-training step benchmark: GreenMIM (ours, sparse) vs mmpretrain's SimMIM (dense), side by side.
+
+One step = forward + backward + AdamW step on one batch. The models are timed alternately, round
+by round, in one process, so machine noise hits all of them alike; the table reports the median
+step time, images/s, peak memory and the ratios to SimMIM. Memory: on CUDA the allocator's peak
+per model (measured in its own pass); on CPU the peak resident-set growth of a child process that
+runs only that model (growth over a warm-up step's resident set).
+
+    tools/env.sh python tools/benchmark.py                      # CPU: Swin-T, 224 px, batch 4
+    tools/env.sh python tools/benchmark.py --device cuda --arch base --img-size 224 \\
+        --batch 128 --amp --backends sdpa flex                  # GPU: Swin-B, bf16 AMP
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+SIMMIM_RATIO = 0.6   # SimMIM's recipe
+GREENMIM_RATIO = 0.75  # GreenMIM's recipe
+ARCH_DIMS = {'tiny': 96, 'small': 96, 'base': 128, 'large': 192}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--arch', default='tiny', choices=sorted(ARCH_DIMS))
+    p.add_argument('--img-size', type=int, default=224)
+    p.add_argument('--window', type=int, default=None,
+                   help='Swin window (default: 7 at multiples of 224 px, else 6)')
+    p.add_argument('--batch', type=int, default=4)
+    p.add_argument('--iters', type=int, default=8, help='timed rounds')
+    p.add_argument('--warmup', type=int, default=2)
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--amp', action='store_true', help='bf16 autocast')
+    p.add_argument('--backends', nargs='+', default=['sdpa'], choices=['sdpa', 'flex'])
+    p.add_argument('--only', default=None, help=argparse.SUPPRESS)  # child: memory of one model
+    p.add_argument('--json', default=None, help='also write the results to this file')
+    return p.parse_args(argv)
+
+
+def variants(args):
+    """(name, kind, mask ratio, attention backend) of every model in the comparison."""
+    out = [('SimMIM r0.6', 'simmim', SIMMIM_RATIO, None),
+           ('SimMIM r0.75', 'simmim', GREENMIM_RATIO, None)]
+    out += [(f'GreenMIM r0.75 {b}', 'greenmim', GREENMIM_RATIO, b) for b in args.backends]
+    return out
+
+
+def build(kind, ratio, backend, args):
+    """A pre-training model of ``kind`` ('greenmim' or 'simmim') at ``args.img_size``."""
+    import greenmim_mm  # noqa: F401
+    from mmengine.registry import init_default_scope
+    init_default_scope('greenmim_mm')
+    from greenmim_mm.registry import MODELS
+    window = args.window or (7 if args.img_size % 224 == 0 else 6)
+    c_last = ARCH_DIMS[args.arch] * 8
+    stage_cfgs = dict(block_cfgs=dict(window_size=window))
+    if kind == 'simmim':
+        cfg = dict(
+            type='SimMIM',
+            backbone=dict(type='SimMIMSwinTransformer', arch=args.arch, img_size=args.img_size,
+                          stage_cfgs=stage_cfgs, drop_path_rate=0.0),
+            neck=dict(type='SimMIMLinearDecoder', in_channels=c_last, encoder_stride=32),
+            head=dict(type='SimMIMHead', patch_size=4,
+                      loss=dict(type='PixelReconstructionLoss', criterion='L1', channel=3)))
+    else:
+        cfg = dict(
+            type='GreenMIM', mask_ratio=ratio,
+            backbone=dict(type='GreenSwinTransformer', arch=args.arch, img_size=args.img_size,
+                          window_size=window, drop_path_rate=0.0, attn_backend=backend),
+            neck=dict(type='MAEUnitDecoder', in_channels=c_last, embed_dims=512, depth=1,
+                      num_heads=16),
+            head=dict(type='UnitReconstructionHead', loss='mse', norm_pix=True))
+    model = MODELS.build(cfg).to(args.device)
+    model.train()
+    return model
+
+
+def make_batch(kind, ratio, args, gen):
+    """Images (B, 3, H, W) and, for SimMIM, per-sample masks on its 4-px patch grid."""
+    from mmpretrain.structures import DataSample
+    x = torch.randn(args.batch, 3, args.img_size, args.img_size, generator=gen).to(args.device)
+    samples = []
+    if kind == 'simmim':
+        units = (args.img_size // 32) ** 2
+        keep = max(1, int(units * (1 - ratio)))
+        for _ in range(args.batch):
+            ids = torch.randperm(units, generator=gen)[:keep]
+            m = torch.ones(units)
+            m[ids] = 0
+            m = m.view(args.img_size // 32, -1).repeat_interleave(8, 0).repeat_interleave(8, 1)
+            samples.append(DataSample().set_mask(m.to(args.device)))
+    return x, samples
+
+
+def make_step(model, args):
+    """A closure running forward + backward + AdamW step on a batch."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+    amp = torch.autocast(args.device.split(':')[0], dtype=torch.bfloat16, enabled=args.amp)
+
+    def step(x, samples):
+        with amp:
+            loss = model.loss(x, samples)['loss']
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+    return step
+
+
+def sync(device):
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+def time_all(args):
+    """Alternate one step of each model per round; return {name: [seconds per step]}."""
+    gen = torch.Generator().manual_seed(0)
+    runs = []
+    for name, kind, ratio, backend in variants(args):
+        model = build(kind, ratio, backend, args)
+        runs.append((name, make_step(model, args), make_batch(kind, ratio, args, gen)))
+    times = {name: [] for name, _, _ in runs}
+    for r in range(args.warmup + args.iters):
+        for name, step, batch in runs:
+            sync(args.device)
+            t0 = time.perf_counter()
+            step(*batch)
+            sync(args.device)
+            if r >= args.warmup:
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def peak_memory(args, name):
+    """Peak memory (MiB) of one model's training steps."""
+    kind, ratio, backend = next(v[1:] for v in variants(args) if v[0] == name)
+    if args.device.startswith('cuda'):
+        gen = torch.Generator().manual_seed(0)
+        model = build(kind, ratio, backend, args)
+        step, batch = make_step(model, args), make_batch(kind, ratio, args, gen)
+        step(*batch)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        for _ in range(2):
+            step(*batch)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    cmd = [sys.executable, __file__, '--only', name] + [a for a in sys.argv[1:] if a != '--only']
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def _status_kib(field):
+    with open('/proc/self/status') as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ':'))
+
+
+def child_memory(args):
+    """CPU child: peak resident-set growth (MiB) over two steps of the model named by ``--only``
+    (after one warm-up step; Linux's peak RSS is reset through /proc/self/clear_refs)."""
+    kind, ratio, backend = next(v[1:] for v in variants(args) if v[0] == args.only)
+    gen = torch.Generator().manual_seed(0)
+    model = build(kind, ratio, backend, args)
+    step, batch = make_step(model, args), make_batch(kind, ratio, args, gen)
+    step(*batch)
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # reset VmHWM to the current RSS
+    base = _status_kib('VmRSS')
+    for _ in range(2):
+        step(*batch)
+    print((_status_kib('VmHWM') - base) / 1024)
+
+
+def report(args, times, memory):
+    """Print the table and the ratios; return the rows."""
+    med = {n: statistics.median(t) for n, t in times.items()}
+    rows = []
+    print(f'\nSwin-{args.arch} @{args.img_size}px, batch {args.batch}, device {args.device}, '
+          f'{"bf16 AMP" if args.amp else "fp32"}, {args.iters} alternating rounds '
+          f'(median step = forward + backward + AdamW)')
+    print(f'{"model":24s} {"step ms":>9s} {"img/s":>8s} {"peak MiB":>9s} '
+          f'{"speed vs SimMIM r0.6":>21s} {"vs SimMIM r0.75":>16s} {"memory vs r0.6":>15s}')
+    for name in med:
+        ips = args.batch / med[name]
+        row = dict(model=name, step_ms=med[name] * 1e3, img_per_s=ips, peak_mib=memory[name],
+                   speedup_vs_simmim_own=med['SimMIM r0.6'] / med[name],
+                   speedup_vs_simmim_075=med['SimMIM r0.75'] / med[name],
+                   memory_vs_simmim_own=memory[name] / max(memory['SimMIM r0.6'], 1e-9))
+        rows.append(row)
+        print(f'{name:24s} {row["step_ms"]:9.1f} {ips:8.2f} {memory[name]:9.0f} '
+              f'{row["speedup_vs_simmim_own"]:20.2f}x {row["speedup_vs_simmim_075"]:15.2f}x '
+              f'{row["memory_vs_simmim_own"]:14.2f}x')
+    return rows
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.device == 'cpu':
+        torch.set_num_threads(os.cpu_count() or 1)
+    if args.only:
+        return child_memory(args)
+    times = time_all(args)
+    memory = {name: peak_memory(args, name) for name in times}
+    rows = report(args, times, memory)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(args=vars(args), rows=rows), f, indent=1)
+
+
+if __name__ == '__main__':
+    main()
