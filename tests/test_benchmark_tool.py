@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_benchmark_reports_every_model_and_ratios(tmp_path):
     out = tmp_path / 'bench.json'
-    run = subprocess.run([sys.executable, str(REPO / 'tools' / 'benchmark.py'), '--batch', '1',
+    run = subprocess.run([sys.executable, str(REPO / 'tools' / 'benchmark.py'), '--arch', 'nano', '--batch', '1',
                           '--iters', '1', '--warmup', '0', '--json', str(out)],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]

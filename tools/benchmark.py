@@ -22,7 +22,9 @@ import torch
 
 SIMMIM_RATIO = 0.6   # SimMIM's recipe
 GREENMIM_RATIO = 0.75  # GreenMIM's recipe
-ARCH_DIMS = {'tiny': 96, 'small': 96, 'base': 128, 'large': 192}
+ARCH_DIMS = {'nano': 32, 'tiny': 96, 'small': 96, 'base': 128, 'large': 192}
+# 'nano' is a smoke-test size, not a real model.
+NANO = dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8])
 
 
 def parse_args(argv=None):
@@ -57,12 +59,13 @@ def build(kind, ratio, backend, args):
     init_default_scope('greenmim_mm')
     from greenmim_mm.registry import MODELS
     window = args.window or (7 if args.img_size % 224 == 0 else 6)
+    arch = NANO if args.arch == 'nano' else args.arch
     c_last = ARCH_DIMS[args.arch] * 8
     stage_cfgs = dict(block_cfgs=dict(window_size=window))
     if kind == 'simmim':
         cfg = dict(
             type='SimMIM',
-            backbone=dict(type='SimMIMSwinTransformer', arch=args.arch, img_size=args.img_size,
+            backbone=dict(type='SimMIMSwinTransformer', arch=arch, img_size=args.img_size,
                           stage_cfgs=stage_cfgs, drop_path_rate=0.0),
             neck=dict(type='SimMIMLinearDecoder', in_channels=c_last, encoder_stride=32),
             head=dict(type='SimMIMHead', patch_size=4,
@@ -70,7 +73,7 @@ def build(kind, ratio, backend, args):
     else:
         cfg = dict(
             type='GreenMIM', mask_ratio=ratio,
-            backbone=dict(type='GreenSwinTransformer', arch=args.arch, img_size=args.img_size,
+            backbone=dict(type='GreenSwinTransformer', arch=arch, img_size=args.img_size,
                           window_size=window, drop_path_rate=0.0, attn_backend=backend),
             neck=dict(type='MAEUnitDecoder', in_channels=c_last, embed_dims=512, depth=1,
                       num_heads=16),
