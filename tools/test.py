@@ -1,10 +1,13 @@
 """Evaluate a checkpoint: ``python tools/test.py CONFIG CHECKPOINT`` (``mim test greenmim_mm``)."""
 import argparse
-import os
 import os.path as osp
+import sys
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.runner import Runner
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from train import parse_common, setup_cpu_distributed  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -12,14 +15,7 @@ def parse_args(argv=None):
     parser.add_argument('config', help='config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='where the evaluation logs go')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config entries')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    return parse_common(parser, argv)
 
 
 def main(argv=None):
@@ -34,6 +30,7 @@ def main(argv=None):
     cfg.load_from = args.checkpoint
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
         './work_dirs', osp.splitext(osp.basename(args.config))[0])
+    setup_cpu_distributed(cfg)
     metrics = Runner.from_cfg(cfg).test()
     print(metrics)
 

@@ -20,6 +20,12 @@ def parse_args(argv=None):
                         'work dir when no path is given')
     parser.add_argument('--amp', action='store_true', help='mixed-precision training')
     parser.add_argument('--no-validate', action='store_true', help='skip validation')
+    return parse_common(parser, argv)
+
+
+def parse_common(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Add the options train.py and test.py share (config overrides, launcher, local rank; mim
+    and torch.distributed.launch pass --local-rank) and parse."""
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries, e.g. train_cfg.max_epochs=2')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
