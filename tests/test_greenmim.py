@@ -432,3 +432,23 @@ def test_visualize_reconstruction_writes_a_grid(tiny_demo_data, tmp_path):
     pad = vis.PAD
     assert img.size == (3 * (128 + pad) + pad, 3 * (128 + pad) + pad)
     assert img.mode == 'RGB'
+
+
+def test_make_demo_flow_end_to_end(tmp_path, capsys):
+    """``make demo``'s script on tiny data: trains, writes checkpoints, scalars and the picture."""
+    import sys
+    from pathlib import Path
+    tools = Path(__file__).resolve().parents[1] / 'tools'
+    sys.path.insert(0, str(tools))
+    import demo
+    import make_demo_data
+    from PIL import Image
+    data, work = tmp_path / 'data', tmp_path / 'work'
+    make_demo_data.generate(str(data), size=128, train_per_class=8, val_per_class=1, det_train=1,
+                            det_val=1, verbose=False)
+    losses = demo.main(['--data-root', str(data), '--work-dir', str(work), '--max-epochs', '1'])
+    assert len(losses) >= 1 and all(l > 0 for _, l in losses)
+    assert (work / 'epoch_1.pth').is_file()
+    picture = Image.open(work / 'reconstruction.png')
+    assert picture.size[0] > picture.size[1] > 128  # a grid of several 128-px images, 3 rows
+    assert 'GreenMIM demo: loss' in capsys.readouterr().out

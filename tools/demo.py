@@ -6,6 +6,7 @@
 3. writes ``work_dirs/demo/reconstruction.png`` (original / masked input / reconstruction);
 4. prints the loss at the start and the end of training.
 """
+import argparse
 import glob
 import json
 import os
@@ -35,15 +36,28 @@ def read_losses(work_dir):
     return sorted(losses.items())
 
 
-def main():
-    data = osp.join(REPO, 'data', 'demo')
-    work = osp.join(REPO, 'work_dirs', 'demo')
-    make_demo_data.generate(data)
-    args = [CONFIG, '--work-dir', work, '--cfg-options',
-            f'train_dataloader.dataset.data_root={data}/']
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description='GreenMIM demo: generate data, pre-train, visualise')
+    p.add_argument('--data-root', default=osp.join(REPO, 'data', 'demo'),
+                   help='demo data set (generated here if missing)')
+    p.add_argument('--work-dir', default=osp.join(REPO, 'work_dirs', 'demo'))
+    p.add_argument('--max-epochs', type=int, default=None,
+                   help='shorten the run (smoke tests); the schedule keeps its shape')
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    data, work = args.data_root, args.work_dir
+    if not osp.isfile(osp.join(data, 'meta', 'params.json')):
+        make_demo_data.generate(data)
+    options = [f'train_dataloader.dataset.data_root={data}/']
+    if args.max_epochs:
+        options.append(f'train_cfg.max_epochs={args.max_epochs}')
+    train_args = [CONFIG, '--work-dir', work, '--cfg-options'] + options
     if osp.isfile(osp.join(work, 'last_checkpoint')):
-        args.insert(1, '--resume')  # finish (or just reuse) an earlier demo run
-    train.main(args)
+        train_args.insert(1, '--resume')  # finish (or just reuse) an earlier demo run
+    train.main(train_args)
     with open(osp.join(work, 'last_checkpoint')) as f:
         checkpoint = f.read().strip()
     picture = osp.join(work, 'reconstruction.png')
@@ -53,6 +67,7 @@ def main():
         (i0, l0), (i1, l1) = losses[0], losses[-1]
         print(f'\nGreenMIM demo: loss {l0:.4f} at iteration {i0} -> {l1:.4f} at iteration {i1}')
     print(f'checkpoints and logs: {work}\nreconstructions: {picture}')
+    return losses
 
 
 if __name__ == '__main__':
