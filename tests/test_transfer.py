@@ -300,8 +300,9 @@ def assert_backbone_is(cfg, registry, checkpoint):
 def test_pretrain_convert_finetune_classifier(tiny_data, converted, tmp_path):
     """Demo classifier initialised from the converted pre-training: loads it, trains, tests.
 
-    On held-out images the nano Swin needs minutes of CPU to beat chance (docs/transfer.md), so
-    this checks the fine-tuning machinery where it is fast and certain: the classifier fits its
+    On held-out images the nano Swin does not reliably beat chance in a CI budget (README,
+    Transfer, demo), so this checks the fine-tuning machinery where it is fast and certain: the
+    classifier fits its
     20 fine-tuning images (top-1 on them far above the 20 % chance of 5 classes); the held-out
     validation runs too and must give a valid top-1."""
     import train
