@@ -15,7 +15,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def torchrun(args, cwd, timeout=600):
+def torchrun(args, cwd, timeout=300):
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
            '--master_addr', '127.0.0.1', '--master_port', str(free_port())] + args
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
