@@ -372,12 +372,8 @@ def test_paper_lr_is_1e4_per_256_images(gpus, lr):
 
 # ----------------------------------------------------------------------------- end to end
 @pytest.fixture(scope='module')
-def tiny_demo_data(tmp_path_factory):
-    import make_demo_data
-    out = tmp_path_factory.mktemp('data') / 'demo'
-    make_demo_data.generate(str(out), size=128, train_per_class=4, val_per_class=1,
-                            det_train=1, det_val=1, seed=0, verbose=False)
-    return str(out)
+def tiny_demo_data(demo_data_factory):
+    return demo_data_factory('data', train_per_class=4, val_per_class=1)
 
 
 def run_train(work_dir, data_root, epochs, resume=None, tag=''):

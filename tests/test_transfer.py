@@ -261,12 +261,9 @@ def test_swin_layer_decay_constructor_on_mask_rcnn_swin_b():
 
 # ----------------------------------------------------------------------------- end to end
 @pytest.fixture(scope='module')
-def tiny_data(tmp_path_factory):
-    import make_demo_data
-    out = tmp_path_factory.mktemp('transfer_data') / 'demo'
-    make_demo_data.generate(str(out), size=128, train_per_class=4, val_per_class=4, det_train=8,
-                            det_val=4, seed=0, verbose=False)
-    return str(out)
+def tiny_data(demo_data_factory):
+    return demo_data_factory('transfer_data', train_per_class=4, val_per_class=4, det_train=8,
+                             det_val=4)
 
 
 @pytest.fixture(scope='module')
@@ -297,42 +294,47 @@ def assert_backbone_is(cfg, registry, checkpoint):
         assert torch.equal(own[key[len('backbone.'):]], value), key
 
 
-def test_pretrain_convert_finetune_classifier(tiny_data, converted, tmp_path):
-    """Demo classifier initialised from the converted pre-training: loads it, trains, tests.
+@pytest.fixture(scope='module')
+def demo_cls_data(demo_data_factory):
+    """The demo classification set at its real size (400 train / 80 val images per class)."""
+    return demo_data_factory('demo_cls_data', train_per_class=400, val_per_class=80)
 
-    On held-out images the nano Swin does not reliably beat chance in a CI budget (README,
-    Transfer, demo), so this checks the fine-tuning machinery where it is fast and certain: the
-    classifier fits its
-    20 fine-tuning images (top-1 on them far above the 20 % chance of 5 classes); the held-out
-    validation runs too and must give a valid top-1."""
+
+# Held-out bar for 5 classes on the 400 validation images: a classifier at chance (p = 0.2)
+# scores 80 +- 8 correct; 26 % (104 correct) is 3 standard deviations above (one-sided p ~ 0.15 %).
+CHANCE_BAR = 26.0
+
+
+def test_demo_pretrain_convert_finetune_beats_chance(demo_cls_data, tmp_path):
+    """Pre-train -> convert -> fine-tune on the demo data; held-out top-1 clears chance.
+
+    Short pre-training (2 epochs) and the demo fine-tuning config's own schedule (12 epochs,
+    about 5 min on 2 CPU cores); the fine-tuned classifier must score >= CHANCE_BAR on the 400
+    validation images it never trained on. It scores 31.25 % here (README, Transfer, demo)."""
+    import convert_checkpoint
     import train
     from mmpretrain.registry import MODELS
-    epochs = 20
-    argv = [DEMO_CLS, '--work-dir', str(tmp_path), '--cfg-options',
-            f'model.backbone.init_cfg.checkpoint={converted}', 'optim_wrapper.optimizer.lr=1e-3',
-            'train_dataloader.batch_size=4', 'model.backbone.drop_path_rate=0.0',
-            f'train_cfg.max_epochs={epochs}', f'train_cfg.val_interval={epochs}',
-            'default_hooks.checkpoint.interval=100']
-    argv += [f'{split}_dataloader.dataset.data_root={tiny_data}/'
-             for split in ('train', 'val', 'test')]
+    data = f'{demo_cls_data}/'
+    train.main([PRETRAIN_DEMO, '--work-dir', str(tmp_path / 'pt'), '--cfg-options',
+                'train_cfg.max_epochs=2', f'train_dataloader.dataset.data_root={data}'])
+    converted = str(tmp_path / 'backbone_converted.pth')
+    assert convert_checkpoint.main(
+        ['--src', 'greenmim_mm', str(tmp_path / 'pt' / 'epoch_2.pth'), converted]) == 0
+    DefaultScope._instance_dict.clear()
+
+    argv = [DEMO_CLS, '--work-dir', str(tmp_path / 'ft'), '--cfg-options',
+            f'model.backbone.init_cfg.checkpoint={converted}',
+            'default_hooks.checkpoint.interval=100', 'train_cfg.val_interval=100']
+    argv += [f'{split}_dataloader.dataset.data_root={data}' for split in ('train', 'val', 'test')]
     cfg = train.build_config(train.parse_args(argv))
-    cfg.param_scheduler = [
-        dict(type='LinearLR', start_factor=0.1, by_epoch=True, begin=0, end=1,
-             convert_to_iter_based=True),
-        dict(type='CosineAnnealingLR', T_max=epochs - 1, eta_min_ratio=0.01, by_epoch=True,
-             begin=1, end=epochs, convert_to_iter_based=True)]
-    cfg.test_dataloader = dict(cfg.val_dataloader, dataset=dict(
-        cfg.val_dataloader.dataset, ann_file='meta/train.txt', data_prefix='train'))
-    assert cfg.model.backbone.init_cfg.type == 'Pretrained'
+    assert cfg.train_cfg.max_epochs == 12 and cfg.model.backbone.init_cfg.type == 'Pretrained'
     assert_backbone_is(cfg, MODELS, converted)
 
     runner = Runner.from_cfg(cfg)
     runner.train()
-    held_out = runner.message_hub.get_scalar('val/accuracy/top1').current()
-    assert 0.0 <= held_out <= 100.0
-    fitted = runner.test()['accuracy/top1']
-    print(f'top-1: {fitted:.1f} % on the fine-tuning images, {held_out:.1f} % held out')
-    assert fitted > 60.0  # 3x chance; it reaches 100 %
+    held_out = runner.test()['accuracy/top1']  # test split = the validation images
+    print(f'held-out top-1 after pre-train -> convert -> fine-tune: {held_out:.2f} %')
+    assert held_out >= CHANCE_BAR
 
 
 def test_pretrain_convert_mask_rcnn(tiny_data, converted, tmp_path):
