@@ -328,6 +328,8 @@ def test_demo_pretrain_convert_finetune_beats_chance(demo_cls_data, tmp_path):
     argv += [f'{split}_dataloader.dataset.data_root={data}' for split in ('train', 'val', 'test')]
     cfg = train.build_config(train.parse_args(argv))
     assert cfg.train_cfg.max_epochs == 12 and cfg.model.backbone.init_cfg.type == 'Pretrained'
+    held_out_split = cfg.test_dataloader.dataset
+    assert (held_out_split.ann_file, held_out_split.data_prefix) == ('meta/val.txt', 'val')
     assert_backbone_is(cfg, MODELS, converted)
 
     runner = Runner.from_cfg(cfg)
