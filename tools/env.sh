@@ -3,14 +3,19 @@
 #
 #   tools/env.sh python -m pytest tests      tools/env.sh mim train greenmim_mm CONFIG
 #
-# The virtual environment lives outside the clone, in
-#   ${GREENMIM_MM_HOME:-~/.cache/greenmim_mm}/envs/<hash of requirements/*.txt>
-# so every clone on the machine (CI's fresh clones included) reuses it. mmcv 2.1.0 is compiled
-# from its sdist with ops once and the wheel is cached in
-#   .../wheels/<python tag>-torch<version>-cuda<version>/
-# so a torch change never reuses a wheel built against another torch.
-# The project itself is installed in develop mode pointing at the calling clone (re-pointed when
-# another clone calls), so `mim train greenmim_mm ...` always runs the current code.
+# Two layers:
+# * The shared virtual environment holds third-party packages only. It lives outside the clone, in
+#     ${GREENMIM_MM_HOME:-~/.cache/greenmim_mm}/envs/<hash of requirements/*.txt>
+#   so every clone on the machine (CI's fresh clones included) reuses it. mmcv 2.1.0 is compiled
+#   from its sdist with ops once and the wheel is cached in
+#     .../wheels/<python tag>-torch<version>-cuda<version>/
+#   so a torch change never reuses a wheel built against another torch. Once complete it is only
+#   read: a read-only prebuilt environment works without its lock file.
+# * The project is a per-clone layer: this clone goes first on PYTHONPATH (inherited by every
+#   child process: torchrun workers, mim, subprocesses of the tests) together with its own
+#   egg-info, so `mim train greenmim_mm ...` finds the package and its `.mim` configs, and two
+#   clones running at once each import their own code. Nothing of a clone is installed into the
+#   shared environment.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -58,33 +63,65 @@ create_env() {
   log "environment ready in $((SECONDS - t0)) s"
 }
 
-install_project() {
-  # Develop mode (an egg-link to this clone): PEP 660 editable installs break mim's package lookup.
-  local marker="$ENV/.project_path" old site
-  old="$(cat "$marker" 2>/dev/null || true)"
-  if [ "$old" != "$REPO" ] || [ ! -e "$REPO/greenmim_mm.egg-info" ]; then
-    log "installing greenmim_mm from $REPO (develop mode)"
-    # Forget the clone installed before (its path would shadow this one on sys.path).
-    site="$("$ENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-    rm -f "$site/greenmim-mm.egg-link"
-    if [ -n "$old" ] && [ -f "$site/easy-install.pth" ]; then
-      grep -vxF "$old" "$site/easy-install.pth" > "$site/easy-install.pth.new" || true
-      mv "$site/easy-install.pth.new" "$site/easy-install.pth"
-    fi
-    (cd "$REPO" && "$ENV/bin/python" setup.py -q develop --no-deps >/dev/null 2>"$ENV/develop.log") \
-      || { cat "$ENV/develop.log" >&2; exit 1; }
-    echo "$REPO" > "$marker"
+drop_old_develop_install() {
+  # Environments made before the per-clone layer held a develop install of one clone (an egg-link
+  # and an easy-install.pth line); remove it so the shared environment holds third-party code only.
+  local site old
+  site="$("$ENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  [ -e "$site/greenmim-mm.egg-link" ] || [ -e "$ENV/.project_path" ] || return 0
+  old="$(cat "$ENV/.project_path" 2>/dev/null || true)"
+  log "removing the develop install of ${old:-an old clone} from the shared environment"
+  rm -f "$site/greenmim-mm.egg-link" "$ENV/.project_path"
+  if [ -n "$old" ] && [ -f "$site/easy-install.pth" ]; then
+    grep -vxF "$old" "$site/easy-install.pth" > "$site/easy-install.pth.new" || true
+    mv "$site/easy-install.pth.new" "$site/easy-install.pth"
   fi
 }
 
-mkdir -p "$HOME_DIR/envs"
-exec 9>"$HOME_DIR/envs/.lock"
-flock 9
-[ -f "$ENV/.complete" ] || create_env
-install_project
-flock -u 9
+needs_setup() {
+  # True while the shared environment is incomplete or still carries an old develop install.
+  [ -f "$ENV/.complete" ] || return 0
+  [ -e "$ENV/.project_path" ]
+}
+
+clone_egg_info() {
+  # The clone's own metadata (greenmim_mm.egg-info, git-ignored) for pkg_resources / mim.
+  # Regenerated when setup.py or the version changes; written atomically (temp dir + rename).
+  local info="$REPO/greenmim_mm.egg-info" tmp
+  if [ -f "$info/PKG-INFO" ] && [ "$info/PKG-INFO" -nt "$REPO/setup.py" ] \
+     && [ "$info/PKG-INFO" -nt "$REPO/greenmim_mm/version.py" ]; then
+    return 0
+  fi
+  [ -w "$REPO" ] || { log "warning: $REPO is read-only; running without its egg-info (mim cannot find greenmim_mm)"; return 0; }
+  exec 8<"$REPO"; flock 8   # one writer per clone
+  tmp="$(mktemp -d "$REPO/.egg-info.XXXXXX")"
+  (cd "$REPO" && "$ENV/bin/python" setup.py -q egg_info --egg-base "$tmp" >/dev/null 2>"$tmp/log") \
+    || { cat "$tmp/log" >&2; rm -rf "$tmp"; exit 1; }
+  rm -rf "$info"
+  mv "$tmp/greenmim_mm.egg-info" "$info"
+  rm -rf "$tmp"
+  flock -u 8; exec 8<&-
+}
+
+if needs_setup; then
+  # Creating or cleaning the shared environment needs write access (and the lock).
+  if ! mkdir -p "$HOME_DIR/envs" 2>/dev/null || ! { exec 9>"$HOME_DIR/envs/.lock"; } 2>/dev/null; then
+    echo "[env.sh] error: GREENMIM_MM_HOME=$HOME_DIR is not writable, and the environment" \
+         "$ENV is $([ -f "$ENV/.complete" ] && echo 'not clean (old develop install)' || echo 'missing or incomplete')." \
+         "Point GREENMIM_MM_HOME at a writable folder, or prebuild the environment there" \
+         "(tools/env.sh true) before mounting it read-only." >&2
+    exit 1
+  fi
+  flock 9
+  [ -f "$ENV/.complete" ] || create_env
+  drop_old_develop_install
+  flock -u 9
+  exec 9>&-
+fi
+clone_egg_info
 
 export PATH="$ENV/bin:$PATH" VIRTUAL_ENV="$ENV"
 export PYTHONNOUSERSITE=1
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 [ $# -gt 0 ] || { echo "$ENV"; exit 0; }
 exec "$@"
