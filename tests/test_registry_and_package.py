@@ -96,7 +96,7 @@ def test_mim_train_and_test_run_current_code_from_any_directory(tmp_path):
     data = tmp_path / 'data'
     make_demo_data.generate(str(data), size=128, train_per_class=4, val_per_class=2, det_train=2,
                             det_val=1, verbose=False)
-    # the installed package is this checkout (develop mode), so mim runs the current code
+    # the package found is this checkout (env.sh per-clone layer), so mim runs the current code
     assert osp.realpath(osp.dirname(greenmim_mm.__file__)) == str(REPO / 'greenmim_mm')
     roots = ' '.join(f'{k}.dataset.data_root={data}/' for k in
                      ('train_dataloader', 'val_dataloader', 'test_dataloader'))
