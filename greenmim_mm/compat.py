@@ -3,64 +3,27 @@
 Applied once when ``greenmim_mm`` is imported (``apply_patches()``); each patch is idempotent and
 changes no installed file.
 
-1. ``weights_only`` checkpoint loading (torch >= 2.6 defaults ``torch.load`` to ``weights_only=True``).
-   mmengine 0.10.7's local-file loader calls ``torch.load`` without the argument, so resuming a
-   training checkpoint fails on the objects mmengine itself stores (its message hub's
-   ``HistoryBuffer`` holding numpy arrays and scalars). We re-register mmengine's loader for local
-   paths so it loads with ``weights_only=True`` inside ``torch.serialization.safe_globals`` of exactly
-   those classes (``MMENGINE_SAFE_GLOBALS``): third-party weights are still loaded safely and
-   nothing else is unpickled.
+1. ``weights_only`` checkpoint loading (torch >= 2.6 defaults ``torch.load`` to
+   ``weights_only=True``; mmengine 0.10.7's local loader calls it without the argument, its URL
+   loader through torch.hub with ``weights_only=False``). mmengine's loaders are routed through
+   :mod:`greenmim_mm.checkpoint_loading`: weights-only with an allow-list of inert classes, which
+   also reads checkpoints written before greenmim_mm's plain format
+   (:mod:`greenmim_mm.checkpoint_format`) without allowing ``getattr``.
 2. ``scipy.interpolate.interp2d`` was removed in SciPy 1.14; mmpretrain 1.2.0 calls it (cubic) in
    ``resize_relative_position_bias_table`` when a Swin window size changes (e.g. 6 -> 7). On a
    rectangular grid without smoothing ``interp2d`` is a bicubic interpolating spline (FITPACK
    ``regrid_smth`` with s=0), which ``RectBivariateSpline`` computes identically; we provide a
    minimal ``interp2d`` with that behaviour when SciPy lacks a working one.
 """
-import os.path as osp
-
 import numpy as np
-import torch
 
 _APPLIED = False
 
 
-def _numpy_safe_globals() -> list:
-    """numpy objects that appear in pickled arrays and scalars (numpy 1.x and 2.x names)."""
-    core = getattr(np, '_core', None) or np.core
-    found = [np.ndarray, np.dtype, core.multiarray._reconstruct, core.multiarray.scalar]
-    dtype_classes = getattr(np, 'dtypes', None)
-    if dtype_classes is not None:
-        found += [getattr(dtype_classes, n) for n in dir(dtype_classes) if n.endswith('DType')]
-    return found
-
-
-def mmengine_safe_globals() -> list:
-    """Exactly the non-tensor objects an mmengine 0.10 training checkpoint holds.
-
-    The message hub's ``HistoryBuffer`` with its numpy arrays and scalars; numpy 2 pickles dtypes
-    through ``getattr(numpy.dtypes, ...)`` (the weights-only unpickler still only *calls*
-    allow-listed functions) and numpy 1 pickles scalars' bytes through ``_codecs.encode``.
-    """
-    import _codecs
-    import builtins
-
-    from mmengine.logging.history_buffer import HistoryBuffer
-    return [HistoryBuffer, _codecs.encode, builtins.getattr] + _numpy_safe_globals()
-
-
-def load_local_checkpoint(filename: str, map_location=None):
-    """mmengine's local-file loader, with ``weights_only=True`` and mmengine's own classes allowed."""
-    filename = osp.expanduser(filename)
-    if not osp.isfile(filename):
-        raise FileNotFoundError(f'{filename} can not be found.')
-    with torch.serialization.safe_globals(mmengine_safe_globals()):
-        return torch.load(filename, map_location=map_location, weights_only=True)
-
-
 def patch_checkpoint_loading() -> None:
-    """Route mmengine's local checkpoint loading through :func:`load_local_checkpoint`."""
-    from mmengine.runner.checkpoint import CheckpointLoader
-    CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)
+    """Route mmengine's checkpoint loading through :mod:`greenmim_mm.checkpoint_loading`."""
+    from .checkpoint_loading import register_with_mmengine
+    register_with_mmengine()
 
 
 class Interp2dCubic:

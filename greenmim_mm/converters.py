@@ -28,7 +28,6 @@ Loading the output:
   stage's map equals the window (e.g. 7x7 at 224 px, window 7), mmpretrain's and ours drop it, so
   the outputs agree exactly only where no stage map equals its window (e.g. 800x1333, 256x320).
 """
-import argparse
 import math
 import os.path as osp
 import re
@@ -77,35 +76,20 @@ class ConversionError(ValueError):
 
 # ---------------------------------------------------------------------------- reading
 def read_checkpoint(path: str) -> dict:
-    """Load ``path`` weights-only on the CPU.
-
-    Allowed besides tensors and containers: exactly mmengine's checkpoint objects (message hub,
-    numpy; :func:`greenmim_mm.compat.load_local_checkpoint`) and ``argparse.Namespace`` (the
-    ``args`` entry of MAE/GreenMIM and timm training checkpoints), for every source, so that a
-    wrong ``--src`` gets a layout error rather than a read error.
-    """
-    from greenmim_mm.compat import load_local_checkpoint
+    """Load ``path`` on the CPU with greenmim_mm's safe loader
+    (:func:`greenmim_mm.checkpoint_loading.load_checkpoint_file`: weights-only, inert classes
+    only, for every source, so that a wrong ``--src`` gets a layout error rather than a read
+    error). Raises :class:`ConversionError` naming the file and the cause."""
+    from greenmim_mm.checkpoint_loading import CheckpointLoadError, load_checkpoint_file
     if not osp.isfile(path):
         raise ConversionError(f'input checkpoint not found: {path}')
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = load_local_checkpoint(path, map_location='cpu')
-    except Exception as err:  # unpickling / zip / EOF errors all mean "unreadable"
-        raise ConversionError(f'cannot read {path} as a weights-only torch checkpoint: '
-                              f'{_describe_load_error(err)}') from err
+        ckpt = load_checkpoint_file(path, map_location='cpu')
+    except CheckpointLoadError as err:
+        raise ConversionError(str(err)) from None
     if not isinstance(ckpt, dict):
         raise ConversionError(f'{path} holds a {type(ckpt).__name__}, not a checkpoint dict')
     return ckpt
-
-
-def _describe_load_error(err: Exception) -> str:
-    """The informative part of a (possibly long) torch.load error."""
-    text = str(err).strip()
-    found = re.search(r'Unsupported global: GLOBAL (\S+)', text)
-    if found:
-        return (f'it pickles {found.group(1)}, which is not allowed (only tensors, plain '
-                'containers, argparse.Namespace and mmengine\'s message-hub objects are)')
-    return f'{type(err).__name__}: {text.splitlines()[0]}' if text else type(err).__name__
 
 
 def _tensor_dict(obj, what: str) -> Dict[str, torch.Tensor]:
@@ -409,10 +393,24 @@ def convert_checkpoint(ckpt: dict, src: str, window: Optional[int] = None,
 
 def convert_file(in_path: str, out_path: str, src: str, window: Optional[int] = None,
                  stage_windows: Optional[Sequence[int]] = None) -> List[str]:
-    """Read ``in_path``, convert, write ``{'state_dict': ...}`` to ``out_path``; return notes."""
+    """Read ``in_path``, convert, write ``{'state_dict': ...}`` to ``out_path``; return notes.
+
+    ``out_path`` must not be ``in_path`` (compared by identity: ``..``, symlinks, hard links) and
+    is written atomically (:func:`greenmim_mm.fileio.atomic_torch_save`): a failed write (full
+    disk) raises :class:`ConversionError` and leaves an existing ``out_path`` as it was.
+    """
+    from greenmim_mm.fileio import atomic_torch_save, is_same_file
     out_dir = osp.dirname(osp.abspath(out_path))
     if not osp.isdir(out_dir):
         raise ConversionError(f'output directory does not exist: {out_dir}')
+    if is_same_file(in_path, out_path):
+        raise ConversionError(f'output {out_path} is the input file {in_path}: refusing to '
+                              'overwrite it; choose another output path')
     state_dict, notes = convert_checkpoint(read_checkpoint(in_path), src, window, stage_windows)
-    torch.save({'state_dict': state_dict}, out_path)
+    try:
+        atomic_torch_save({'state_dict': state_dict}, out_path)
+    except OSError as err:
+        raise ConversionError(f'cannot write {out_path}: {err.strerror or err} '
+                              f'(errno {err.errno}); nothing was written, an existing '
+                              f'{osp.basename(out_path)} is unchanged') from None
     return notes

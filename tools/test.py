@@ -31,7 +31,11 @@ def main(argv=None):
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
         './work_dirs', osp.splitext(osp.basename(args.config))[0])
     setup_cpu_distributed(cfg)
-    metrics = Runner.from_cfg(cfg).test()
+    from greenmim_mm.checkpoint_loading import CheckpointLoadError
+    try:
+        metrics = Runner.from_cfg(cfg).test()
+    except CheckpointLoadError as err:  # a refused or unreadable checkpoint: one line, exit 1
+        raise SystemExit(f'test: error: {err}')
     print(metrics)
 
 

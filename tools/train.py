@@ -77,9 +77,13 @@ def setup_cpu_distributed(cfg: Config) -> None:
 
 def main(argv=None):
     cfg = build_config(parse_args(argv))
+    from greenmim_mm.checkpoint_loading import CheckpointLoadError
     setup_cpu_distributed(cfg)
-    runner = Runner.from_cfg(cfg)
-    runner.train()
+    try:
+        runner = Runner.from_cfg(cfg)
+        runner.train()
+    except CheckpointLoadError as err:  # a refused or unreadable checkpoint: one line, exit 1
+        raise SystemExit(f'train: error: {err}')
 
 
 if __name__ == '__main__':

@@ -38,7 +38,7 @@ def parse_args(argv=None):
 
 def build_model(cfg: Config, checkpoint: str, device: str) -> torch.nn.Module:
     """The config's model (top-level data_preprocessor merged as the Runner does) with the
-    checkpoint's weights (weights-only loading through mmengine), in eval mode."""
+    checkpoint's weights (greenmim_mm's safe loader, through mmengine), in eval mode."""
     import greenmim_mm  # noqa: F401  (registers everything, applies the compat patches)
     from greenmim_mm.registry import MODELS
     model_cfg = cfg.model.copy()
@@ -118,7 +118,12 @@ def visualize(cfg: Config, checkpoint: str, num: int = 8, data_root=None, seed: 
 def main(argv=None):
     args = parse_args(argv)
     cfg = Config.fromfile(args.config)
-    grid, mask = visualize(cfg, args.checkpoint, args.num, args.data_root, args.seed, args.device)
+    from greenmim_mm.checkpoint_loading import CheckpointLoadError
+    try:
+        grid, mask = visualize(cfg, args.checkpoint, args.num, args.data_root, args.seed,
+                               args.device)
+    except CheckpointLoadError as err:  # a refused or unreadable checkpoint: one line, exit 1
+        raise SystemExit(f'visualize_reconstruction: error: {err}')
     grid.save(args.out)
     print(f'{args.out}: {grid.size[0]}x{grid.size[1]} px, {int(mask.sum())}/{mask.numel()} '
           'units masked')

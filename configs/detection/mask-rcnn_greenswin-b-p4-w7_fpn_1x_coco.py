@@ -40,3 +40,6 @@ optim_wrapper = dict(
             'relative_position_bias_table': dict(decay_mult=0.),
             'norm': dict(decay_mult=0.)
         }))
+
+# Atomic checkpoints in greenmim_mm's plain (weights-only loadable) format.
+default_hooks = dict(checkpoint=dict(type='greenmim_mm.SafeCheckpointHook'))

@@ -105,7 +105,7 @@ train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 
 default_hooks = dict(
     logger=dict(interval=10),
-    checkpoint=dict(interval=max_epochs, max_keep_ckpts=1),
+    checkpoint=dict(type='greenmim_mm.SafeCheckpointHook', interval=max_epochs, max_keep_ckpts=1),
     visualization=dict(draw=False))
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
 log_processor = dict(window_size=10)

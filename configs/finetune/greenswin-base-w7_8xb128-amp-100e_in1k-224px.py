@@ -95,6 +95,6 @@ val_cfg = dict()
 test_cfg = dict()
 
 default_hooks = dict(
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3),
+    checkpoint=dict(type='greenmim_mm.SafeCheckpointHook', interval=1, max_keep_ckpts=3),
     logger=dict(type='LoggerHook', interval=100))
 randomness = dict(seed=0)
