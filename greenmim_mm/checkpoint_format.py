@@ -97,7 +97,7 @@ def _array_to_plain(arr: np.ndarray, where: str) -> dict:
         raise PlainFormatError(f'{where}: numpy object arrays have no plain form')
     try:
         data = torch.from_numpy(np.ascontiguousarray(arr)).clone()
-    except TypeError:  # a dtype torch lacks (strings, non-native byte order, ...)
+    except (TypeError, ValueError):  # a dtype torch lacks (strings, other byte order, ...)
         data = arr.tolist()
     return {TAG: 'ndarray', 'dtype': arr.dtype.str, 'shape': list(arr.shape), 'data': data}
 

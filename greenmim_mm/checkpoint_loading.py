@@ -83,7 +83,9 @@ def _refused_global(err: Exception) -> Optional[str]:
                     r'(Can only (?:create|build)[^\n]+)'):
         found = re.search(pattern, text)
         if found:
-            return found.group(1).rstrip('.')
+            name = found.group(1).rstrip('.')
+            # torch prints builtins without their module ('GLOBAL print')
+            return name if '.' in name or not name.isidentifier() else f'builtins.{name}'
     return None
 
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.logging import HistoryBuffer
-from mmengine.model import BaseModel
 from mmengine.runner import Runner
 
 import greenmim_mm  # noqa: F401
 from greenmim_mm.checkpoint_format import TAG, PlainFormatError, from_plain, to_plain
+from test_compat import ToyDataset, ToyModel
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -76,36 +76,14 @@ def test_values_without_plain_form_are_named():
 
 
 # ---------------------------------------------------------------------------- training
-class Toy(BaseModel):
-    def __init__(self):
-        super().__init__()
-        self.linear = torch.nn.Linear(2, 1)
-
-    def forward(self, inputs, labels, mode='tensor'):
-        out = self.linear(inputs).squeeze(-1)
-        if mode == 'loss':
-            return dict(loss=((out - labels)**2).mean())
-        return out
-
-
-class ToyData(torch.utils.data.Dataset):
+class ToyData(ToyDataset):
+    """test_compat's regression data, with dataset meta holding numpy values (saved in meta)."""
     metainfo = dict(classes=('a', 'b'), mean=np.array([0.5, 0.5]), seed=np.int64(3))
-
-    def __init__(self):
-        gen = torch.Generator().manual_seed(0)
-        self.x = torch.randn(16, 2, generator=gen)
-        self.y = self.x @ torch.tensor([1.5, -2.0]) + 0.3
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return dict(inputs=self.x[i], labels=self.y[i])
 
 
 def toy_runner(work_dir, max_epochs, resume, hook='SafeCheckpointHook'):
     return Runner(
-        model=Toy(), work_dir=str(work_dir),
+        model=ToyModel(), work_dir=str(work_dir),
         train_dataloader=dict(dataset=ToyData(), sampler=dict(type='DefaultSampler', shuffle=True),
                               batch_size=4, num_workers=0, collate_fn=dict(type='default_collate')),
         optim_wrapper=dict(optimizer=dict(type='AdamW', lr=0.05)),
