@@ -280,7 +280,8 @@ def test_numpy1_module_names_load(tmp_path):
     """numpy 1.x pickles reference ``numpy.core.multiarray``; rewrite a numpy 2 pickle's module
     names to check both spellings resolve."""
     path = tmp_path / 'np1.pth'
-    torch.save({'x': np.arange(3), 's': np.float32(2.5)}, path, _use_new_zipfile_serialization=False)
+    torch.save({'x': np.arange(3), 's': np.float32(2.5)}, path,
+               _use_new_zipfile_serialization=False)  # one plain pickle stream, editable
     data = path.read_bytes()
     assert b'numpy._core.multiarray' in data
     path.write_bytes(data.replace(b'numpy._core.multiarray', b'numpy.core.multiarray'))
@@ -312,3 +313,22 @@ def test_old_mmengine_history_buffers_load_without_getattr(tmp_path):
     np.testing.assert_array_equal(restored.data[1], [1, 1, 2])
     assert restored.mean() == pytest.approx(7 / 4) and restored.current() == 4.0
     assert loaded['runtime_info']['best'] == 0.5
+
+
+def test_upgrade_tool_rewrites_a_trusted_file_in_the_plain_format(tmp_path):
+    """A file the safe loader refuses (an mmengine ConfigDict in meta) but its owner trusts."""
+    from mmengine.config import ConfigDict
+    path = tmp_path / 'mine.pth'
+    torch.save({'state_dict': {'w': torch.ones(2)},
+                'meta': {'cfg': ConfigDict(lr=0.1), 'seed': np.int64(7)}}, path)
+    with pytest.raises(UnsafeCheckpointError, match='mmengine.config.config.ConfigDict'):
+        load_checkpoint_file(str(path))
+    assert run_tool('tools/upgrade_checkpoint.py', '--trust', path, path) == (
+        f'upgrade_checkpoint: error: output {path} is the input file {path}; choose another path')
+    out = tmp_path / 'plain.pth'
+    assert run_tool('tools/upgrade_checkpoint.py', '--trust', path, out) == 0
+    torch.load(out, weights_only=True)  # no allow-list
+    loaded = load_checkpoint_file(str(out))
+    assert loaded['meta'] == {'cfg': {'lr': 0.1}, 'seed': 7}
+    assert type(loaded['meta']['seed']) is np.int64
+    assert torch.equal(loaded['state_dict']['w'], torch.ones(2))
