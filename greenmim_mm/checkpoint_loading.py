@@ -146,11 +146,17 @@ def load_url_safely(url: str, model_dir: Optional[str] = None, map_location: Any
     return _restored(url, checkpoint)
 
 
+def load_from_local_weights_only(filename: str, map_location: Any = None) -> Any:
+    """:func:`load_checkpoint_file` under the name mmengine logs ('Loads checkpoint by
+    local_weights_only backend': it strips the ``load_from_`` prefix)."""
+    return load_checkpoint_file(filename, map_location)
+
+
 def register_with_mmengine() -> None:
     """Route mmengine's checkpoint loading through this module: the local-path scheme
     (``CheckpointLoader``'s empty prefix) and the URL download every remote scheme uses
     (``http(s)://``, ``torchvision://``, ``open-mmlab://``, ``mmcls://``). Idempotent."""
     from mmengine.runner import checkpoint as mmengine_checkpoint
     mmengine_checkpoint.CheckpointLoader.register_scheme(
-        prefixes='', loader=load_checkpoint_file, force=True)
+        prefixes='', loader=load_from_local_weights_only, force=True)
     mmengine_checkpoint.load_url = load_url_safely
