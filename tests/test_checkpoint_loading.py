@@ -123,6 +123,11 @@ def test_payload_refused_through_urls(payload, tmp_path):
         mmengine_checkpoint.load_from_http(f'file://{path}', map_location='cpu',
                                            model_dir=str(tmp_path / 'hub'))
     assert not marker.exists()
+    good = tmp_path / 'good.pth'
+    torch.save({'state_dict': {'w': torch.ones(2)}, 'meta': {'seed': np.int64(1)}}, good)
+    loaded = mmengine_checkpoint.load_from_http(f'file://{good}', map_location='cpu',
+                                                model_dir=str(tmp_path / 'hub'))
+    assert torch.equal(loaded['state_dict']['w'], torch.ones(2)) and loaded['meta']['seed'] == 1
 
 
 def test_payload_refused_by_convert_checkpoint(payload, tmp_path):
