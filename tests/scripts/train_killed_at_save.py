@@ -1,49 +1,61 @@
-"""Run tools/train.py and SIGKILL this process while it writes a given checkpoint.
+"""Run tools/train.py and SIGKILL this process in the middle of writing a given checkpoint.
 
     python tests/scripts/train_killed_at_save.py NAME -- TRAIN_ARGS...
 
-An audit hook watches ``open`` events: the first file opened for writing whose name contains
-NAME (``epoch_3.pth`` itself under mmengine's hook, ``.epoch_3.pth.*.partial`` under an atomic
-one) starts a thread that kills the process with SIGKILL as soon as that file holds data, i.e. in
-the middle of the write (the write releases the GIL). Exits by SIGKILL (-9) when NAME was written,
-normally otherwise.
+``open`` (builtins and ``io``, which ``os.fdopen`` uses) is wrapped: the first file opened for
+writing whose name contains NAME (``epoch_3.pth`` itself under mmengine's ``CheckpointHook``,
+``.epoch_3.pth.<random>.partial`` under an atomic writer) gets half of its first write, flushed
+to the file system, and then the process kills itself with SIGKILL: deterministically a kill
+while the new file exists and is incomplete, whatever the machine's load. Exits by SIGKILL (-9)
+when NAME was written, normally otherwise.
 """
+import builtins
+import io
 import os
 import os.path as osp
 import runpy
 import signal
 import sys
-import threading
 
 TRAIN = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'tools',
                  'train.py')
 
 
-def kill_when_written(path: str) -> None:
-    while True:
-        try:
-            if os.stat(path).st_size > 0:
-                break
-        except FileNotFoundError:
-            pass
-    os.kill(os.getpid(), signal.SIGKILL)
+class _HalfThenKill:
+    """A binary file whose first ``write`` writes half the data, then SIGKILLs the process."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._f.__exit__(*exc)
+
+    def write(self, data):
+        data = memoryview(data).cast('B')
+        self._f.write(data[:max(1, len(data) // 2)])
+        self._f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def install(name: str) -> None:
+    real_open = io.open
     armed = [True]
 
-    def hook(event, args):
-        if event != 'open' or not armed[0] or not isinstance(args[0], (str, bytes)):
-            return
-        path = os.fsdecode(args[0])
-        mode, flags = args[1], args[2]
-        writing = (isinstance(mode, str) and 'w' in mode) or (
-            isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR))
-        if writing and name in osp.basename(path):
+    def open_(file, mode='r', *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        path = os.readlink(f'/proc/self/fd/{file}') if isinstance(file, int) else os.fspath(file)
+        if armed[0] and 'w' in mode and 'b' in mode and name in osp.basename(os.fsdecode(path)):
             armed[0] = False
-            threading.Thread(target=kill_when_written, args=(path, ), daemon=True).start()
+            return _HalfThenKill(f)
+        return f
 
-    sys.addaudithook(hook)
+    builtins.open = io.open = open_
 
 
 if __name__ == '__main__':
