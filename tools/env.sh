@@ -16,6 +16,10 @@
 #   egg-info, so `mim train greenmim_mm ...` finds the package and its `.mim` configs, and two
 #   clones running at once each import their own code. Nothing of a clone is installed into the
 #   shared environment.
+# * Optional extras: GREENMIM_MM_EXTRAS=detectron2 (comma-separated list) selects a separate
+#   environment, the default one plus the extra, keyed by the default files plus the extra's
+#   (requirements/detectron2.txt and tools/extras/detectron2/*). Unset, the hash and the
+#   environment are exactly the default ones.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,8 +27,17 @@ HOME_DIR="${GREENMIM_MM_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/greenmim_mm}"
 PYTHON="${GREENMIM_MM_PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 REQ="$REPO/requirements"
-HASH="$(cat "$REQ"/build.txt "$REQ"/torch.txt "$REQ"/runtime.txt "$REQ"/mim.txt "$REQ"/tests.txt \
-        | sha256sum | cut -c1-16)"
+EXTRAS="$(echo "${GREENMIM_MM_EXTRAS:-}" | tr ', ' '\n\n' | sed '/^$/d' | sort -u | tr '\n' ' ')"
+HASH_FILES=("$REQ"/build.txt "$REQ"/torch.txt "$REQ"/runtime.txt "$REQ"/mim.txt "$REQ"/tests.txt)
+for extra in $EXTRAS; do
+  case "$extra" in
+    detectron2) HASH_FILES+=("$REQ"/detectron2.txt "$REPO"/tools/extras/detectron2/_C.py
+                             "$REPO"/tools/extras/detectron2/prepare_sdist.py) ;;
+    *) echo "[env.sh] error: unknown extra '$extra' in GREENMIM_MM_EXTRAS (known: detectron2)" >&2
+       exit 1 ;;
+  esac
+done
+HASH="$(cat "${HASH_FILES[@]}" | sha256sum | cut -c1-16)"
 ENV="$HOME_DIR/envs/$HASH"
 log() { echo "[env.sh] $*" >&2; }
 
@@ -59,8 +72,30 @@ create_env() {
     -r "$REQ/tests.txt"
   pip_in -c "$ENV/constraints.txt" --no-deps "$(grep -E '^openmim==' "$REQ/mim.txt")"
   pip_in -c "$ENV/constraints.txt" $(grep -vE '^(#|openmim==|$)' "$REQ/mim.txt")
+  for extra in $EXTRAS; do "install_$extra"; done
   touch "$ENV/.complete"
   log "environment ready in $((SECONDS - t0)) s"
+}
+
+install_detectron2() {
+  # detectron2 v0.5 from the registry's sdist (pinned by hash), prepared for a pure-Python build
+  # by tools/extras/detectron2/prepare_sdist.py; every package of the default environment keeps
+  # its version (constraints from its freeze). Checked to import before the environment counts
+  # as complete: a broken detectron2 would break `import mmdet.models` (mmdet's d2_wrapper).
+  local tmp t0=$SECONDS
+  tmp="$(mktemp -d)"
+  log "installing the detectron2 extra"
+  "$ENV/bin/python" -m pip list --disable-pip-version-check --format=freeze > "$ENV/constraints-default.txt"
+  pip_in -c "$ENV/constraints-default.txt" -r <(grep -vE '^(#|detectron2-cdo==|$)' "$REQ/detectron2.txt")
+  grep -E '^detectron2-cdo==' "$REQ/detectron2.txt" > "$tmp/sdist.txt"
+  "$ENV/bin/python" -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: \
+    --no-build-isolation --require-hashes -r "$tmp/sdist.txt" -d "$tmp"
+  "$ENV/bin/python" "$REPO/tools/extras/detectron2/prepare_sdist.py" "$tmp"/detectron2_cdo-*.tar.gz "$tmp/src" >/dev/null
+  pip_in -c "$ENV/constraints-default.txt" --no-deps --no-build-isolation "$tmp"/src/detectron2_cdo-*
+  rm -rf "$tmp"
+  "$ENV/bin/python" -c 'import detectron2.layers, detectron2.data.transforms, mmdet.models
+from detectron2 import model_zoo; model_zoo.get_config_file("Base-RCNN-FPN.yaml")'
+  log "detectron2 extra installed in $((SECONDS - t0)) s"
 }
 
 drop_old_develop_install() {

@@ -1,0 +1,105 @@
+"""Detectron2 ``Backbone`` around an OpenMMLab-style backbone, and detectron2's FPN on top of it.
+
+Uses only detectron2's stable backbone API (``Backbone``, ``ShapeSpec``, ``FPN``,
+``LastLevelMaxPool``: the same from v0.5 to upstream main; see detectron2's
+``docs/tutorials/write-models.md``).
+"""
+import math
+from typing import Dict, Sequence
+
+import torch
+from detectron2.modeling.backbone import FPN, Backbone
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+from torch import nn
+
+FEATURE_NAMES = ('res2', 'res3', 'res4', 'res5')  # stage i -> 'res{i + 2}', stride 4 * 2**i
+
+
+def stage_indices(out_features: Sequence[str]) -> tuple:
+    """``('res2', 'res4')`` -> ``(0, 2)``; ValueError for other names or an unsorted list."""
+    unknown = [f for f in out_features if f not in FEATURE_NAMES]
+    if unknown or not out_features:
+        raise ValueError(f'out_features must be a non-empty subset of {FEATURE_NAMES}; '
+                         f'got {list(out_features)}')
+    indices = tuple(FEATURE_NAMES.index(f) for f in out_features)
+    if list(indices) != sorted(set(indices)):
+        raise ValueError(f'out_features must be in stage order without repeats; got {out_features}')
+    return indices
+
+
+class MMBackbone(Backbone):
+    """A detectron2 ``Backbone`` whose features come from an OpenMMLab-style backbone ``body``.
+
+    ``body(x)`` must return a tuple of (B, C_i, H / s_i, W / s_i) maps, one per name in
+    ``out_features`` (mmpretrain / mmdet convention: ``out_indices``). ``forward`` returns them
+    unchanged as ``{name: map}``: the features are exactly ``body``'s.
+
+    Args:
+        body (nn.Module): the backbone; its parameters appear as ``body.<name>`` (so a converted
+            ``backbone.<name>`` checkpoint maps to ``<prefix>body.<name>``).
+        out_features (Sequence[str]): names of the returned maps (``res2`` ... ``res5``).
+        channels (Sequence[int]): channels of each map.
+        strides (Sequence[int]): stride of each map in pixels.
+        size_divisibility (int): what detectron2 pads input images to (a multiple of the largest
+            stride).
+
+    Raises:
+        ValueError: lengths differ, or ``size_divisibility`` is not a multiple of the largest
+            stride; in ``forward``, an input that is not 4-D or whose height or width is not a
+            multiple of the largest stride (the maps would not align in the FPN).
+    """
+
+    def __init__(self, body: nn.Module, out_features: Sequence[str], channels: Sequence[int],
+                 strides: Sequence[int], size_divisibility: int):
+        super().__init__()
+        if not len(out_features) == len(channels) == len(strides):
+            raise ValueError(f'out_features {out_features}, channels {channels} and strides '
+                             f'{strides} must have the same length')
+        if size_divisibility % max(strides):
+            raise ValueError(f'size_divisibility {size_divisibility} must be a multiple of the '
+                             f'largest stride {max(strides)}')
+        self.body = body
+        self._out_features = list(out_features)
+        self._out_feature_channels = dict(zip(out_features, map(int, channels)))
+        self._out_feature_strides = dict(zip(out_features, map(int, strides)))
+        self._size_divisibility = int(size_divisibility)
+
+    @property
+    def size_divisibility(self) -> int:
+        return self._size_divisibility
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """x (B, C, H, W), H and W multiples of the largest stride -> {name: (B, C_i, H/s_i, W/s_i)}."""
+        if x.dim() != 4:
+            raise ValueError(f'{type(self).__name__} takes (B, C, H, W) images; got {tuple(x.shape)}')
+        stride = max(self._out_feature_strides.values())
+        if x.shape[-2] % stride or x.shape[-1] % stride:
+            raise ValueError(f'{type(self).__name__}: image size {tuple(x.shape[-2:])} is not a '
+                             f'multiple of {stride}; pad it (detectron2 pads to size_divisibility '
+                             f'= {self.size_divisibility})')
+        outs = self.body(x)
+        if len(outs) != len(self._out_features):
+            raise RuntimeError(f'{type(self.body).__name__} returned {len(outs)} maps for '
+                               f'out_features {self._out_features}')
+        return dict(zip(self._out_features, outs))
+
+
+class AlignedFPN(FPN):
+    """detectron2's ``FPN``; images are padded to a multiple of its own size divisibility (the
+    largest input stride) *and* of its bottom-up backbone's (e.g. a multiple of the windows)."""
+
+    @property
+    def size_divisibility(self) -> int:
+        own = super().size_divisibility
+        return own * self.bottom_up.size_divisibility // math.gcd(own, self.bottom_up.size_divisibility)
+
+
+def fpn_from_config(bottom_up: Backbone, cfg) -> FPN:
+    """``cfg.MODEL.FPN.*`` on ``bottom_up``, as detectron2's ``build_resnet_fpn_backbone``."""
+    return AlignedFPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelMaxPool(),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE)

@@ -1,0 +1,134 @@
+"""``GreenDetectionCheckpointer``: detectron2's ``DetectionCheckpointer`` that loads converted
+greenmim_mm backbones, loads every file with ``torch.load(weights_only=True)`` and checks that every
+backbone weight loads.
+
+Accepted files:
+
+* converted greenmim_mm backbones, ``{'state_dict': {'backbone.<key>': tensor}}``
+  (``tools/convert_checkpoint.py``): ``backbone.<key>`` goes to ``<prefix>body.<key>`` of the
+  model's :class:`~greenmim_mm.detectron2.MMBackbone` (``backbone.bottom_up.body.`` under an FPN).
+  Every backbone parameter and buffer must be in the file with its shape, except the per-output
+  norms ``norm{i}`` (pre-training has only the last one; the others keep LayerNorm's
+  initialisation, as with mmdet's ``init_cfg``), which are logged;
+* detectron2 checkpoints (``{'model': ...}``, e.g. ``model_final.pth`` of a run): the backbone
+  must match exactly; other modules as detectron2 does it (missing / unexpected keys logged).
+
+Refused with :class:`CheckpointError` (naming the file, before any weight is loaded): pickled
+files (``.pkl``: unpickling runs code), anything ``weights_only`` cannot load (e.g. an unconverted
+mmengine training checkpoint), non-backbone keys in a converted file, and backbone keys that are
+missing, unexpected or of the wrong shape.
+"""
+import logging
+import re
+from typing import Dict, List, Optional
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+
+from .backbone import MMBackbone
+
+SRC_PREFIX = 'backbone.'
+_OUT_NORM = re.compile(r'^norm\d+\.')
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as asked; nothing was loaded."""
+
+
+def body_prefix(model: torch.nn.Module) -> Optional[str]:
+    """``'backbone.bottom_up.body.'``: where the model's one ``MMBackbone`` keeps its body."""
+    found = [name for name, m in model.named_modules() if isinstance(m, MMBackbone)]
+    if len(found) > 1:
+        raise CheckpointError(f'the model has {len(found)} greenmim_mm backbones ({found}); '
+                              'load them one at a time')
+    if not found:
+        return None
+    return f'{found[0]}.body.' if found[0] else 'body.'
+
+
+def _sample(keys: List[str], n: int = 6) -> str:
+    keys = sorted(keys)
+    return ', '.join(keys[:n]) + (f' ... ({len(keys)} in all)' if len(keys) > n else '')
+
+
+class GreenDetectionCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` (same arguments, same saving) with safe, checked loading.
+
+    ``load(path)`` / ``resume_or_load(path, resume=...)`` accept the files in the module
+    docstring and raise :class:`CheckpointError` for the others.
+    """
+
+    _file = '<checkpoint>'  # set by each _load_file
+    _backbone_only = False
+
+    def _load_file(self, filename: str) -> Dict:
+        if filename.endswith('.pkl'):
+            raise CheckpointError(
+                f'{filename}: pickled (.pkl) checkpoints are not loaded (unpickling runs code); '
+                'give a .pth file saved by torch.save')
+        try:
+            ckpt = torch.load(filename, map_location='cpu', weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any reason: one clear message
+            raise CheckpointError(
+                f'{filename}: cannot be loaded with torch.load(weights_only=True) ({err}). '
+                'A greenmim_mm training checkpoint must be converted first: '
+                'python tools/convert_checkpoint.py --src greenmim_mm IN OUT') from err
+        if not isinstance(ckpt, dict):
+            raise CheckpointError(f'{filename}: expected a dict, got {type(ckpt).__name__}')
+        self._file = filename
+        self._backbone_only = 'model' not in ckpt and 'state_dict' in ckpt
+        if self._backbone_only:
+            return {'model': self._map_backbone(ckpt['state_dict'], filename),
+                    '__author__': 'greenmim_mm', 'matching_heuristics': False}
+        if 'model' not in ckpt:
+            raise CheckpointError(f'{filename}: neither a detectron2 checkpoint (no "model") nor '
+                                  'a converted greenmim_mm backbone (no "state_dict")')
+        return ckpt
+
+    def _map_backbone(self, state_dict: Dict, filename: str) -> Dict[str, torch.Tensor]:
+        """``backbone.<key>`` -> ``<body prefix><key>``."""
+        prefix = body_prefix(self.model)
+        if prefix is None:
+            raise CheckpointError(f'{filename} is a greenmim_mm backbone, but the model has no '
+                                  'greenmim_mm backbone (greenmim_mm.detectron2.MMBackbone)')
+        others = [k for k in state_dict if not k.startswith(SRC_PREFIX)]
+        if others or not state_dict:
+            raise CheckpointError(
+                f'{filename}: a converted backbone holds only backbone.* keys; found '
+                f'{_sample(others) or "none at all"}. Convert it first: '
+                'python tools/convert_checkpoint.py --src greenmim_mm IN OUT')
+        return {prefix + k[len(SRC_PREFIX):]: v for k, v in state_dict.items()}
+
+    def _load_model(self, checkpoint: Dict):
+        self._check_backbone(checkpoint['model'])
+        return super()._load_model(checkpoint)
+
+    def _check_backbone(self, weights: Dict) -> None:
+        """Every backbone key of the model in ``weights`` with its shape, and nothing else there."""
+        prefix = body_prefix(self.model)
+        if prefix is None:
+            return
+        weights = {k[len('module.'):] if k.startswith('module.') else k: v
+                   for k, v in weights.items()}
+        model_sd = {k: v for k, v in self.model.state_dict().items() if k.startswith(prefix)}
+        file_keys = {k for k in weights if k.startswith(prefix)}
+        missing = sorted(set(model_sd) - file_keys)
+        allowed = [k for k in missing if _OUT_NORM.match(k[len(prefix):])]
+        if not self._backbone_only:
+            allowed = []
+        missing = [k for k in missing if k not in allowed]
+        unexpected = sorted(file_keys - set(model_sd))
+        shapes = [f'{k} {tuple(weights[k].shape)} vs {tuple(model_sd[k].shape)}'
+                  for k in sorted(file_keys & set(model_sd))
+                  if tuple(weights[k].shape) != tuple(model_sd[k].shape)]
+        problems = [f'{what}: {_sample(keys)}' for what, keys in
+                    (('missing', missing), ('unexpected', unexpected), ('wrong shape', shapes))
+                    if keys]
+        if problems:
+            raise CheckpointError(
+                f'{self._file}: backbone weights do not fit the model ({"; ".join(problems)}). '
+                'Build the backbone with the checkpoint\'s architecture, or convert the '
+                'checkpoint to it (tools/convert_checkpoint.py --window / --stage-windows)')
+        if allowed:
+            logging.getLogger(__name__).info(
+                'not in %s, keep their initialisation: %s', self._file, _sample(allowed))

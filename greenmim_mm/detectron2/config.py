@@ -1,0 +1,50 @@
+"""greenmim_mm's detectron2 config keys (yacs): ``add_greenmim_config(cfg)`` before merging a yaml.
+
+``MODEL.GREENSWIN`` holds ``GreenSwinTransformer``'s arguments (mmpretrain ``SwinTransformer``
+names), ``SOLVER.OPTIMIZER`` ... the optimizer of :class:`greenmim_mm.detectron2.Trainer`.
+"""
+from detectron2.config import CfgNode as CN
+
+NO_WEIGHT_DECAY_KEYS = ('norm', 'relative_position_bias_table', 'absolute_pos_embed')
+
+
+def add_greenswin_config(cfg: CN) -> None:
+    """``cfg.MODEL.GREENSWIN`` with the defaults of mmpretrain's ``SwinTransformer``."""
+    cfg.MODEL.GREENSWIN = CN()
+    c = cfg.MODEL.GREENSWIN
+    c.ARCH = 'base'  # mmpretrain arch name, used when EMBED_DIM is 0
+    c.EMBED_DIM = 0  # > 0: a custom arch of EMBED_DIM, DEPTHS, NUM_HEADS
+    c.DEPTHS = []
+    c.NUM_HEADS = []
+    c.IMG_SIZE = 224  # only sizes the absolute position embedding (resized to any input)
+    c.PATCH_SIZE = 4
+    c.WINDOW_SIZE = 7
+    c.DROP_RATE = 0.0
+    c.DROP_PATH_RATE = 0.1
+    c.USE_ABS_POS_EMBED = False
+    c.PAD_SMALL_MAP = False  # True: pad maps smaller than a window, keep the shift
+    c.WITH_CP = False  # activation checkpointing
+    c.FROZEN_STAGES = -1  # mmpretrain: -1 none; k >= 0 patch embedding + stages 0..k (+ their norms)
+    c.OUT_FEATURES = ['res2', 'res3', 'res4', 'res5']
+    c.SIZE_DIVISIBILITY = 0  # 0: the largest output stride (32); e.g. 224 = 32 x window 7
+
+
+def add_solver_config(cfg: CN) -> None:
+    """AdamW with optional layer-wise lr decay for :class:`greenmim_mm.detectron2.Trainer`."""
+    cfg.SOLVER.OPTIMIZER = 'ADAMW'  # or 'SGD': detectron2's own build_optimizer
+    cfg.SOLVER.BETAS = (0.9, 0.999)
+    cfg.SOLVER.LAYER_DECAY_RATE = 1.0  # < 1: lr x rate ** (num_layers - 1 - layer_id)
+    cfg.SOLVER.NO_WEIGHT_DECAY_KEYS = NO_WEIGHT_DECAY_KEYS  # substrings of parameter names
+
+
+def add_greenmim_config(cfg: CN) -> CN:
+    """Add every greenmim_mm key to a detectron2 config (``get_cfg()``); returns ``cfg``."""
+    add_greenswin_config(cfg)
+    add_solver_config(cfg)
+    return cfg
+
+
+def get_cfg() -> CN:
+    """detectron2's default config plus greenmim_mm's keys."""
+    from detectron2.config import get_cfg as d2_get_cfg
+    return add_greenmim_config(d2_get_cfg())

@@ -1,0 +1,139 @@
+"""GreenSwinBackbone / build_greenswin_fpn_backbone against our dense path and the mmdet configs."""
+import pytest
+import torch
+
+pytest.importorskip('detectron2', reason='detectron2 extra not installed (GREENMIM_MM_EXTRAS=detectron2)')
+
+from d2_utils import B_LAZY, B_YAML, MMDET_B, MMDET_NANO, NANO_YAML, load_cfg  # noqa: E402
+from detectron2.modeling import BACKBONE_REGISTRY, build_backbone  # noqa: E402
+from detectron2.modeling.backbone import FPN  # noqa: E402
+from mmengine.config import Config  # noqa: E402
+
+from greenmim_mm.detectron2 import GreenSwinBackbone, MMBackbone  # noqa: E402
+from greenmim_mm.models import GreenSwinTransformer  # noqa: E402
+from greenmim_mm.registry import MODELS  # noqa: E402
+
+
+def mmdet_backbone(config_path):
+    """The GreenSwinTransformer of an mmdet config, without its pretrained init."""
+    cfg = Config.fromfile(config_path).model.backbone
+    cfg.pop('init_cfg', None)
+    cfg['type'] = cfg['type'].replace('greenmim_mm.', '')
+    return MODELS.build(cfg)
+
+
+@pytest.mark.parametrize('yaml_path, mmdet_path, hw', [
+    (NANO_YAML, MMDET_NANO, (128, 160)),
+    (B_YAML, MMDET_B, (64, 96)),  # Swin-B; pad_small_map: stage maps smaller than the window
+])
+def test_features_equal_the_dense_path_of_the_mmdet_config_bitwise(yaml_path, mmdet_path, hw):
+    torch.manual_seed(0)
+    d2 = build_backbone(load_cfg(yaml_path)).bottom_up.eval()
+    mm = mmdet_backbone(mmdet_path).eval()
+    assert isinstance(d2.body, GreenSwinTransformer)
+    d2_sd, mm_sd = d2.body.state_dict(), mm.state_dict()
+    assert {k: v.shape for k, v in d2_sd.items()} == {k: v.shape for k, v in mm_sd.items()}
+    mm.load_state_dict(d2_sd)
+    x = torch.randn(2, 3, *hw)
+    with torch.no_grad():
+        ours, ref = d2(x), mm(x)
+    assert list(ours) == ['res2', 'res3', 'res4', 'res5']
+    for (name, feat), expected in zip(ours.items(), ref):
+        assert torch.equal(feat, expected), name
+
+
+def test_output_shape_strides_channels_and_fpn():
+    fpn = build_backbone(load_cfg(NANO_YAML))
+    assert isinstance(fpn, FPN)
+    shapes = fpn.bottom_up.output_shape()
+    assert {k: (s.channels, s.stride) for k, s in shapes.items()} == {
+        'res2': (32, 4), 'res3': (64, 8), 'res4': (128, 16), 'res5': (256, 32)}
+    b = build_backbone(load_cfg(B_YAML)).bottom_up.output_shape()
+    assert [b[k].channels for k in ('res2', 'res3', 'res4', 'res5')] == [128, 256, 512, 1024]
+    out = {k: (s.channels, s.stride) for k, s in fpn.output_shape().items()}
+    assert out == {f'p{i}': (64, 2**i) for i in range(2, 7)}
+    feats = fpn(torch.randn(1, 3, 96, 128))
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {
+        f'p{i}': (1, 64, 96 // 2**i, 128 // 2**i) for i in range(2, 7)}
+
+
+def test_registered_builders_and_out_features():
+    assert BACKBONE_REGISTRY.get('build_greenswin_backbone') is not None
+    bare = build_backbone(load_cfg(NANO_YAML, 'MODEL.BACKBONE.NAME', 'build_greenswin_backbone',
+                                   'MODEL.GREENSWIN.OUT_FEATURES', ['res3', 'res5']))
+    assert isinstance(bare, GreenSwinBackbone) and bare.body.out_indices == (1, 3)
+    feats = bare(torch.randn(1, 3, 64, 64))
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {'res3': (1, 64, 8, 8),
+                                                            'res5': (1, 256, 2, 2)}
+    with pytest.raises(ValueError, match='subset of'):
+        GreenSwinBackbone(out_features=['res6'])
+
+
+def test_size_divisibility_and_padding():
+    fpn = build_backbone(load_cfg(NANO_YAML))
+    assert fpn.bottom_up.size_divisibility == 32 and fpn.size_divisibility == 32
+    fitted = build_backbone(load_cfg(B_YAML, 'MODEL.GREENSWIN.SIZE_DIVISIBILITY', 224))
+    assert fitted.bottom_up.size_divisibility == 224 and fitted.size_divisibility == 224
+    with pytest.raises(ValueError, match='not a multiple of 32'):
+        fpn.bottom_up(torch.randn(1, 3, 100, 128))
+    with pytest.raises(ValueError, match='multiple of the largest stride'):
+        MMBackbone(torch.nn.Identity(), ['res5'], [8], [32], size_divisibility=48)
+    # detectron2 pads each image of a batch to the backbone's divisibility before the backbone
+    from detectron2.modeling import build_model
+    model = build_model(load_cfg(NANO_YAML)).eval()
+    images = model.preprocess_image([{'image': torch.zeros(3, 100, 70)}])
+    assert tuple(images.tensor.shape[-2:]) == (128, 96)
+
+
+def test_frozen_stages_and_drop_path_from_cfg():
+    fpn = build_backbone(load_cfg(NANO_YAML, 'MODEL.GREENSWIN.FROZEN_STAGES', 1,
+                                  'MODEL.GREENSWIN.DROP_PATH_RATE', 0.3))
+    body = fpn.bottom_up.body
+    fpn.train()
+    frozen = ('patch_embed.', 'stages.0.', 'stages.1.', 'norm0.', 'norm1.')
+    for name, p in body.named_parameters():
+        assert p.requires_grad == (not name.startswith(frozen)), name
+    assert not body.patch_embed.training and not body.stages[1].training
+    assert body.stages[2].training
+    drop = [blk.ffn.dropout_layer.drop_prob if hasattr(blk.ffn.dropout_layer, 'drop_prob') else 0.
+            for stage in body.stages for blk in stage.blocks]
+    assert drop == pytest.approx(torch.linspace(0, 0.3, 8).tolist())
+
+
+def test_fpn_mask_rcnn_settings_equal_the_model_zoo_base():
+    from detectron2 import model_zoo
+    from detectron2.config import get_cfg
+    zoo = get_cfg()
+    zoo.merge_from_file(model_zoo.get_config_file('Base-RCNN-FPN.yaml'))
+    ours = load_cfg(B_YAML)
+    for key in ('META_ARCHITECTURE', 'ANCHOR_GENERATOR', 'RPN', 'ROI_BOX_HEAD', 'ROI_MASK_HEAD',
+                'FPN'):
+        assert ours.MODEL[key] == zoo.MODEL[key], key
+    assert ours.MODEL.ROI_HEADS.IN_FEATURES == zoo.MODEL.ROI_HEADS.IN_FEATURES
+    assert ours.MODEL.ROI_HEADS.NAME == zoo.MODEL.ROI_HEADS.NAME
+    assert ours.MODEL.MASK_ON and ours.INPUT.FORMAT == 'RGB'
+
+
+def test_lazyconfig_swin_b_matches_the_yaml():
+    from detectron2.config import LazyConfig, instantiate
+    from detectron2.modeling import build_model
+    cfg = LazyConfig.load(B_LAZY)
+    lazy = instantiate(cfg.model)
+    yacs = build_model(load_cfg(B_YAML))
+    assert isinstance(lazy.backbone.bottom_up, GreenSwinBackbone)
+    assert {k: v.shape for k, v in lazy.state_dict().items()} == \
+        {k: v.shape for k, v in yacs.state_dict().items()}
+    assert lazy.backbone.bottom_up.body.stages[2].blocks[17].ffn.dropout_layer.drop_prob == \
+        pytest.approx(0.3)
+    assert lazy.input_format == 'RGB' and lazy.pixel_std.flatten().tolist() == \
+        pytest.approx([58.395, 57.12, 57.375])
+    cfg.optimizer.params.model = lazy
+    optimizer = instantiate(cfg.optimizer)
+    assert type(optimizer) is torch.optim.AdamW
+    names = {id(p): n for n, p in lazy.named_parameters()}
+    for group in optimizer.param_groups:
+        assert group['lr'] == 1e-4
+        for p in group['params']:
+            no_decay = any(k in names[id(p)] for k in
+                           ('norm', 'relative_position_bias_table', 'absolute_pos_embed'))
+            assert group['weight_decay'] == (0.0 if no_decay else 0.05), names[id(p)]

@@ -1,0 +1,99 @@
+"""GreenDetectionCheckpointer: converted greenmim_mm backbones load completely; bad files are
+refused before anything is loaded."""
+import argparse
+
+import pytest
+import torch
+
+pytest.importorskip('detectron2', reason='detectron2 extra not installed (GREENMIM_MM_EXTRAS=detectron2)')
+
+from d2_utils import NANO_YAML, load_cfg  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+
+from greenmim_mm.converters import convert_file  # noqa: E402
+from greenmim_mm.detectron2 import CheckpointError, GreenDetectionCheckpointer  # noqa: E402
+from greenmim_mm.models import GreenSwinTransformer  # noqa: E402
+
+NANO = dict(arch=dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[2, 4, 4, 8]), img_size=128,
+            window_size=4)
+BODY = 'backbone.bottom_up.body.'
+
+
+def pretraining_checkpoint(path, **kwargs):
+    """A GreenMIM-style pre-training checkpoint: backbone (norm3 only) + decoder + meta."""
+    torch.manual_seed(1)
+    swin = GreenSwinTransformer(out_indices=(3, ), **{**NANO, **kwargs})
+    for p in swin.parameters():
+        torch.nn.init.normal_(p)
+    sd = {f'backbone.{k}': v for k, v in swin.state_dict().items()}
+    sd['neck.decoder.weight'] = torch.randn(4, 4)
+    torch.save({'state_dict': sd, 'meta': {'epoch': 1}}, path)
+    return swin.state_dict()
+
+
+def nano_model(*opts):
+    torch.manual_seed(0)
+    return build_model(load_cfg(NANO_YAML, *opts))
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_converted_backbone_loads_every_weight(tmp_path):
+    source = pretraining_checkpoint(tmp_path / 'pretrain.pth')
+    convert_file(str(tmp_path / 'pretrain.pth'), str(tmp_path / 'converted.pth'), 'greenmim_mm')
+    model = nano_model()
+    before = snapshot(model)
+    GreenDetectionCheckpointer(model).load(str(tmp_path / 'converted.pth'))
+    after = model.state_dict()
+    for key, value in source.items():
+        assert torch.equal(after[BODY + key], value), key
+    kept = [k for k in after if k.startswith(BODY) and k[len(BODY):] not in source]
+    assert sorted(kept) == sorted(f'{BODY}norm{i}.{w}' for i in range(3) for w in ('weight', 'bias'))
+    for key in kept + [k for k in after if not k.startswith(BODY)]:
+        assert torch.equal(after[key], before[key]), key
+
+
+def test_detectron2_checkpoint_roundtrip(tmp_path):
+    model = nano_model()
+    GreenDetectionCheckpointer(model, save_dir=str(tmp_path)).save('model_x')
+    other = nano_model()
+    torch.manual_seed(5)
+    for p in other.parameters():
+        torch.nn.init.normal_(p)
+    GreenDetectionCheckpointer(other).load(str(tmp_path / 'model_x.pth'))
+    for key, value in model.state_dict().items():
+        assert torch.equal(other.state_dict()[key], value), key
+
+
+def _refused(model, path, match):
+    before = snapshot(model)
+    with pytest.raises(CheckpointError, match=match) as err:
+        GreenDetectionCheckpointer(model).load(str(path))
+    assert str(path) in str(err.value)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), f'{key} changed by a refused load'
+
+
+def test_refuses_other_windows_with_nothing_loaded(tmp_path):
+    pretraining_checkpoint(tmp_path / 'w7.pth', window_size=7)
+    convert_file(str(tmp_path / 'w7.pth'), str(tmp_path / 'converted.pth'), 'greenmim_mm')
+    _refused(nano_model(), tmp_path / 'converted.pth', 'wrong shape: .*relative_position_bias_table')
+
+
+def test_refuses_unconverted_pickled_and_foreign_files(tmp_path):
+    model = nano_model()
+    pretraining_checkpoint(tmp_path / 'pretrain.pth')
+    _refused(model, tmp_path / 'pretrain.pth', 'only backbone.* keys; found neck.decoder.weight')
+    torch.save({'state_dict': {'backbone.x': torch.ones(1)}, 'cfg': argparse.Namespace(a=1)},
+               tmp_path / 'objects.pth')
+    _refused(model, tmp_path / 'objects.pth', r'weights_only=True')
+    torch.save({'model': {}}, tmp_path / 'model.pkl')
+    _refused(model, tmp_path / 'model.pkl', 'pickled')
+    torch.save({'model': {'backbone.fpn_lateral2.weight': torch.ones(1)}}, tmp_path / 'r50.pth')
+    _refused(model, tmp_path / 'r50.pth', 'missing: backbone.bottom_up.body.')
+    source = pretraining_checkpoint(tmp_path / 'p2.pth')
+    partial = {f'backbone.{k}': v for k, v in source.items() if 'stages.3' not in k}
+    torch.save({'state_dict': partial}, tmp_path / 'partial.pth')
+    _refused(model, tmp_path / 'partial.pth', 'missing: backbone.bottom_up.body.stages.3')

@@ -1,0 +1,61 @@
+"""AdamW parameter groups: weight decay keys and layer-wise lr decay, against a brute-force rule."""
+import pytest
+import torch
+
+pytest.importorskip('detectron2', reason='detectron2 extra not installed (GREENMIM_MM_EXTRAS=detectron2)')
+
+from d2_utils import NANO_YAML, load_cfg  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+
+from greenmim_mm.detectron2 import Trainer, param_groups  # noqa: E402
+
+BODY = 'backbone.bottom_up.body.'
+
+
+def swin_layer_id(name, depths):
+    """Swin's layer ids written out (SimMIM's get_swin_layer / mmpretrain's rule)."""
+    top = sum(depths) + 1
+    if not name.startswith(BODY):
+        return top
+    name = name[len(BODY):]
+    if name.startswith('patch_embed'):
+        return 0
+    if name.startswith('stages.'):
+        _, s, part, j = name.split('.')[:4]
+        s = int(s)
+        if part == 'downsample':
+            return sum(depths[:s + 1])
+        return sum(depths[:s]) + int(j) + 1
+    return top
+
+
+def test_layer_decay_and_no_weight_decay_keys_brute_force():
+    cfg = load_cfg(NANO_YAML)
+    model = build_model(cfg)
+    depths = [2, 2, 2, 2]
+    groups = param_groups(model, base_lr=4e-4, weight_decay=0.05, layer_decay_rate=0.9)
+    got = {}
+    for g in groups:
+        for p in g['params']:
+            got[id(p)] = (g['lr'], g['weight_decay'])
+    named = dict(model.named_parameters())
+    assert len(got) == len(named)
+    for name, p in named.items():
+        lr = 4e-4 * 0.9 ** (sum(depths) + 1 - swin_layer_id(name, depths))
+        wd = 0.0 if any(k in name for k in ('norm', 'relative_position_bias_table')) else 0.05
+        assert got[id(p)][0] == pytest.approx(lr, rel=1e-12), name
+        assert got[id(p)][1] == wd, name
+    assert len(groups) < len(named)  # equal settings share a group
+
+
+def test_trainer_optimizer_from_cfg():
+    cfg = load_cfg(NANO_YAML)
+    model = build_model(cfg)
+    opt = Trainer.build_optimizer(cfg, model)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults['betas'] == (0.9, 0.999)
+    assert max(g['lr'] for g in opt.param_groups) == pytest.approx(4e-4)
+    cfg.SOLVER.OPTIMIZER = 'LAMB'
+    with pytest.raises(ValueError, match='ADAMW or SGD'):
+        Trainer.build_optimizer(cfg, model)
+    cfg.SOLVER.OPTIMIZER = 'SGD'
+    assert isinstance(Trainer.build_optimizer(cfg, model), torch.optim.SGD)

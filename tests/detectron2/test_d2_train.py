@@ -1,0 +1,69 @@
+"""End to end: detectron2's DefaultTrainer (greenmim_mm's Trainer) trains the nano Mask R-CNN with
+our backbone on the generated COCO data, evaluates it with COCOEvaluator and reloads its
+checkpoint."""
+import math
+import os.path as osp
+
+import pytest
+import torch
+
+pytest.importorskip('detectron2', reason='detectron2 extra not installed (GREENMIM_MM_EXTRAS=detectron2)')
+
+from d2_utils import NANO_YAML, load_cfg  # noqa: E402
+from detectron2.engine import DefaultTrainer, HookBase  # noqa: E402
+
+from greenmim_mm.detectron2 import GreenDetectionCheckpointer, Trainer, register_demo_coco  # noqa: E402
+
+ITERS = 3
+
+
+class Probe(HookBase):
+    """Per step: the total loss and, per backbone parameter, whether its gradient exists and is
+    finite, and whether it is non-zero (drop path may zero a branch for a whole small batch)."""
+
+    def __init__(self):
+        self.losses, self.finite, self.nonzero = [], [], []
+
+    def after_step(self):
+        self.losses.append(self.trainer.storage.history('total_loss').latest())
+        body = self.trainer.model.backbone.bottom_up.body
+        params = list(body.named_parameters())
+        self.finite.append({n: p.grad is not None and bool(torch.isfinite(p.grad).all())
+                            for n, p in params})
+        self.nonzero.append({n: p.grad is not None and bool(p.grad.abs().sum() > 0)
+                             for n, p in params})
+
+
+def test_default_trainer_trains_evaluates_and_reloads(demo_data_factory, tmp_path, capsys):
+    root = demo_data_factory('d2_demo', train_per_class=1, val_per_class=1, det_train=4, det_val=2)
+    register_demo_coco(osp.join(root, 'coco'))
+    cfg = load_cfg(NANO_YAML, 'SOLVER.MAX_ITER', ITERS, 'SOLVER.IMS_PER_BATCH', 2,
+                   'SOLVER.WARMUP_ITERS', 1, 'SOLVER.CHECKPOINT_PERIOD', ITERS,
+                   'OUTPUT_DIR', str(tmp_path / 'out'))
+    torch.manual_seed(0)
+    trainer = Trainer(cfg)
+    assert isinstance(trainer, DefaultTrainer)
+    probe = Probe()
+    trainer.register_hooks([probe])
+    trainer.resume_or_load(resume=False)
+    results = trainer.train()
+
+    assert len(probe.losses) == ITERS and all(math.isfinite(x) for x in probe.losses)
+    for step, finite in enumerate(probe.finite):
+        assert all(finite.values()), (step, [n for n, ok in finite.items() if not ok])
+    never = [n for n in probe.nonzero[0] if not any(step[n] for step in probe.nonzero)]
+    assert not never, f'backbone parameters without a gradient: {never}'
+    assert set(results) == {'bbox', 'segm'}
+    for task in ('bbox', 'segm'):
+        assert {'AP', 'AP50', 'AP75'} <= set(results[task])
+    with capsys.disabled():
+        print(f'\n[d2 demo] losses: {[round(x, 4) for x in probe.losses]}')
+        print(f'[d2 demo] COCOEvaluator: {dict(results)}')
+
+    final = osp.join(cfg.OUTPUT_DIR, 'model_final.pth')
+    assert osp.isfile(final)
+    reloaded = Trainer.build_model(cfg)
+    GreenDetectionCheckpointer(reloaded).load(final)
+    trained = trainer.model.state_dict()
+    for key, value in reloaded.state_dict().items():
+        assert torch.equal(value, trained[key]), key
