@@ -21,10 +21,18 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)  # detectron2's default_setup does it otherwise
         super().__init__(cfg)
         saver = self.checkpointer
         self.checkpointer = GreenDetectionCheckpointer(
             saver.model, saver.save_dir, save_to_disk=saver.save_to_disk, **saver.checkpointables)
+
+    def train(self):
+        """``DefaultTrainer.train``; returns the last evaluation's results (``{task: {metric:
+        value}}``, or None without evaluation): detectron2 returns them only with
+        ``TEST.EXPECTED_RESULTS``."""
+        results = super().train()
+        return results if results is not None else getattr(self, '_last_eval_results', None)
 
     @classmethod
     def build_optimizer(cls, cfg, model):

@@ -52,9 +52,9 @@ def test_output_shape_strides_channels_and_fpn():
     assert [b[k].channels for k in ('res2', 'res3', 'res4', 'res5')] == [128, 256, 512, 1024]
     out = {k: (s.channels, s.stride) for k, s in fpn.output_shape().items()}
     assert out == {f'p{i}': (64, 2**i) for i in range(2, 7)}
-    feats = fpn(torch.randn(1, 3, 96, 128))
+    feats = fpn(torch.randn(1, 3, 128, 256))  # res5 4 x 8: at least the window (4)
     assert {k: tuple(v.shape) for k, v in feats.items()} == {
-        f'p{i}': (1, 64, 96 // 2**i, 128 // 2**i) for i in range(2, 7)}
+        f'p{i}': (1, 64, 128 // 2**i, 256 // 2**i) for i in range(2, 7)}
 
 
 def test_registered_builders_and_out_features():
@@ -62,9 +62,9 @@ def test_registered_builders_and_out_features():
     bare = build_backbone(load_cfg(NANO_YAML, 'MODEL.BACKBONE.NAME', 'build_greenswin_backbone',
                                    'MODEL.GREENSWIN.OUT_FEATURES', ['res3', 'res5']))
     assert isinstance(bare, GreenSwinBackbone) and bare.body.out_indices == (1, 3)
-    feats = bare(torch.randn(1, 3, 64, 64))
-    assert {k: tuple(v.shape) for k, v in feats.items()} == {'res3': (1, 64, 8, 8),
-                                                            'res5': (1, 256, 2, 2)}
+    feats = bare(torch.randn(1, 3, 128, 128))
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {'res3': (1, 64, 16, 16),
+                                                            'res5': (1, 256, 4, 4)}
     with pytest.raises(ValueError, match='subset of'):
         GreenSwinBackbone(out_features=['res6'])
 
@@ -123,8 +123,8 @@ def test_lazyconfig_swin_b_matches_the_yaml():
     assert isinstance(lazy.backbone.bottom_up, GreenSwinBackbone)
     assert {k: v.shape for k, v in lazy.state_dict().items()} == \
         {k: v.shape for k, v in yacs.state_dict().items()}
-    assert lazy.backbone.bottom_up.body.stages[2].blocks[17].ffn.dropout_layer.drop_prob == \
-        pytest.approx(0.3)
+    last_block = lazy.backbone.bottom_up.body.stages[3].blocks[1]
+    assert last_block.ffn.dropout_layer.drop_prob == pytest.approx(0.3)
     assert lazy.input_format == 'RGB' and lazy.pixel_std.flatten().tolist() == \
         pytest.approx([58.395, 57.12, 57.375])
     cfg.optimizer.params.model = lazy
