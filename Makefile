@@ -11,14 +11,14 @@ PYTEST := python -m pytest -q -ra -p no:cacheprovider
 demo:
 	@$(ENV) python tools/demo.py
 
-## make test: the whole test suite; tests/detectron2 in the Detectron2 extra's environment
+## make test: the whole test suite; tests/extra_detectron2 in the Detectron2 extra's environment
 test:
-	@$(ENV) $(PYTEST) tests --ignore=tests/detectron2
-	@$(ENV_D2) $(PYTEST) tests/detectron2
+	@$(ENV) $(PYTEST) tests --ignore=tests/extra_detectron2
+	@$(ENV_D2) $(PYTEST) tests/extra_detectron2
 
 ## make test-detectron2: the Detectron2 tests only (creates the extra's environment on first use)
 test-detectron2:
-	@$(ENV_D2) $(PYTEST) tests/detectron2
+	@$(ENV_D2) $(PYTEST) tests/extra_detectron2
 
 ## make env: create the environment only, print its path
 env:

@@ -1,8 +1,8 @@
-"""Shared paths and helpers of the Detectron2 tests (tests/detectron2/test_*.py).
+"""Shared paths and helpers of the Detectron2 tests (tests/extra_detectron2/test_*.py).
 
 Those tests run in the Detectron2 extra's environment:
 
-    GREENMIM_MM_EXTRAS=detectron2 tools/env.sh python -m pytest tests/detectron2 -q
+    GREENMIM_MM_EXTRAS=detectron2 tools/env.sh python -m pytest tests/extra_detectron2 -q
 
 (``make test`` does it after the default suite); elsewhere each module skips itself
 (``pytest.importorskip('detectron2')``).
