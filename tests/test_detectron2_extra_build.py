@@ -53,9 +53,12 @@ def test_prepares_a_pure_python_build(tmp_path):
 
 
 @pytest.mark.parametrize('changes, match', [
-    ({'detectron2_cdo-0.5/setup.py': 'setup(ext_modules=get_extensions())\n'}, 'setup.py: expected exactly one'),
-    ({'detectron2_cdo-0.5/detectron2/data/transforms/transform.py': TRANSFORM * 2}, 'transform.py: expected exactly one'),
-    ({'detectron2_cdo-0.5/detectron2/structures/masks.py': MASKS + 'np.bool\n'}, 'expected 18 removed numpy aliases, found 19'),
+    ({'detectron2_cdo-0.5/setup.py': 'setup(ext_modules=get_extensions())\n'},
+     'setup.py: expected exactly one'),
+    ({'detectron2_cdo-0.5/detectron2/data/transforms/transform.py': TRANSFORM * 2},
+     'transform.py: expected exactly one'),
+    ({'detectron2_cdo-0.5/detectron2/structures/masks.py': MASKS + 'np.bool\n'},
+     'expected 18 removed numpy aliases, found 19'),
     ({'detectron2_cdo-0.5/detectron2/layers/csrc/vision.cpp': '//'}, r'has the C\+\+ sources'),
     ({'../evil.py': 'x'}, 'outside the destination|Attempted to extract'),
 ])

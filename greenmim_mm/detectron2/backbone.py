@@ -69,9 +69,10 @@ class MMBackbone(Backbone):
         return self._size_divisibility
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """x (B, C, H, W), H and W multiples of the largest stride -> {name: (B, C_i, H/s_i, W/s_i)}."""
+        """x (B, C, H, W), H, W multiples of the largest stride -> {name: (B, C_i, H/s_i, W/s_i)}"""
         if x.dim() != 4:
-            raise ValueError(f'{type(self).__name__} takes (B, C, H, W) images; got {tuple(x.shape)}')
+            raise ValueError(f'{type(self).__name__} takes (B, C, H, W) images; '
+                             f'got {tuple(x.shape)}')
         stride = max(self._out_feature_strides.values())
         if x.shape[-2] % stride or x.shape[-1] % stride:
             raise ValueError(f'{type(self).__name__}: image size {tuple(x.shape[-2:])} is not a '
@@ -91,7 +92,8 @@ class AlignedFPN(FPN):
     @property
     def size_divisibility(self) -> int:
         own = super().size_divisibility
-        return own * self.bottom_up.size_divisibility // math.gcd(own, self.bottom_up.size_divisibility)
+        theirs = self.bottom_up.size_divisibility
+        return own * theirs // math.gcd(own, theirs)
 
 
 def fpn_from_config(bottom_up: Backbone, cfg) -> FPN:

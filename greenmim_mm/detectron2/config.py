@@ -24,7 +24,7 @@ def add_greenswin_config(cfg: CN) -> None:
     c.USE_ABS_POS_EMBED = False
     c.PAD_SMALL_MAP = False  # True: pad maps smaller than a window, keep the shift
     c.WITH_CP = False  # activation checkpointing
-    c.FROZEN_STAGES = -1  # mmpretrain: -1 none; k >= 0 patch embedding + stages 0..k (+ their norms)
+    c.FROZEN_STAGES = -1  # mmpretrain's: -1 none; k >= 0 patch embedding + stages 0..k + norms
     c.OUT_FEATURES = ['res2', 'res3', 'res4', 'res5']
     c.SIZE_DIVISIBILITY = 0  # 0: the largest output stride (32); e.g. 224 = 32 x window 7
 

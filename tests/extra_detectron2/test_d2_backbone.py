@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-pytest.importorskip('detectron2', reason='detectron2 extra not installed (GREENMIM_MM_EXTRAS=detectron2)')
+pytest.importorskip('detectron2', reason='needs the extra: GREENMIM_MM_EXTRAS=detectron2')
 
 from d2_utils import B_LAZY, B_YAML, MMDET_B, MMDET_NANO, NANO_YAML, load_cfg  # noqa: E402
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone  # noqa: E402

@@ -5,7 +5,7 @@ import argparse
 import pytest
 import torch
 
-pytest.importorskip('detectron2', reason='detectron2 extra not installed (GREENMIM_MM_EXTRAS=detectron2)')
+pytest.importorskip('detectron2', reason='needs the extra: GREENMIM_MM_EXTRAS=detectron2')
 
 from d2_utils import NANO_YAML, load_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
@@ -50,7 +50,8 @@ def test_converted_backbone_loads_every_weight(tmp_path):
     for key, value in source.items():
         assert torch.equal(after[BODY + key], value), key
     kept = [k for k in after if k.startswith(BODY) and k[len(BODY):] not in source]
-    assert sorted(kept) == sorted(f'{BODY}norm{i}.{w}' for i in range(3) for w in ('weight', 'bias'))
+    out_norms = [f'{BODY}norm{i}.{w}' for i in range(3) for w in ('weight', 'bias')]
+    assert sorted(kept) == sorted(out_norms)
     for key in kept + [k for k in after if not k.startswith(BODY)]:
         assert torch.equal(after[key], before[key]), key
 
@@ -79,7 +80,8 @@ def _refused(model, path, match):
 def test_refuses_other_windows_with_nothing_loaded(tmp_path):
     pretraining_checkpoint(tmp_path / 'w7.pth', window_size=7)
     convert_file(str(tmp_path / 'w7.pth'), str(tmp_path / 'converted.pth'), 'greenmim_mm')
-    _refused(nano_model(), tmp_path / 'converted.pth', 'wrong shape: .*relative_position_bias_table')
+    _refused(nano_model(), tmp_path / 'converted.pth',
+             'wrong shape: .*relative_position_bias_table')
 
 
 def test_refuses_unconverted_pickled_and_foreign_files(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip('detectron2', reason='detectron2 extra not installed (GREENMIM_MM_EXTRAS=detectron2)')
+pytest.importorskip('detectron2', reason='needs the extra: GREENMIM_MM_EXTRAS=detectron2')
 
 from detectron2 import _C  # noqa: E402
 
@@ -41,7 +41,8 @@ def test_stand_in_C_raises_one_clear_error_for_every_op():
     _raises_missing_ops(nms_rotated, boxes, torch.tensor([0.9, 0.8]), 0.5)  # torch.ops.detectron2
     _raises_missing_ops(pairwise_iou_rotated, boxes, boxes)
     feats = torch.randn(1, 4, 8, 8)
-    _raises_missing_ops(ROIAlignRotated((2, 2), 1.0, 0), feats, torch.tensor([[0., 4., 4., 4., 4., 0.]]))
+    rois = torch.tensor([[0., 4., 4., 4., 4., 0.]])
+    _raises_missing_ops(ROIAlignRotated((2, 2), 1.0, 0), feats, rois)
     # deformable convolution on CUDA (v0.5's DeformConv runs torchvision's deform_conv2d on CPU)
     _raises_missing_ops(_C.deform_conv_forward, feats)
     _raises_missing_ops(_C.modulated_deform_conv_forward, feats)

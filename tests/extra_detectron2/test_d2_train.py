@@ -7,12 +7,13 @@ import os.path as osp
 import pytest
 import torch
 
-pytest.importorskip('detectron2', reason='detectron2 extra not installed (GREENMIM_MM_EXTRAS=detectron2)')
+pytest.importorskip('detectron2', reason='needs the extra: GREENMIM_MM_EXTRAS=detectron2')
 
 from d2_utils import NANO_YAML, load_cfg  # noqa: E402
 from detectron2.engine import DefaultTrainer, HookBase  # noqa: E402
 
-from greenmim_mm.detectron2 import GreenDetectionCheckpointer, Trainer, register_demo_coco  # noqa: E402
+from greenmim_mm.detectron2 import (GreenDetectionCheckpointer, Trainer,  # noqa: E402
+                                     register_demo_coco)
 
 ITERS = 3
 
