@@ -1,6 +1,7 @@
 """``GreenDetectionCheckpointer``: detectron2's ``DetectionCheckpointer`` that loads converted
-greenmim_mm backbones, loads every file with ``torch.load(weights_only=True)`` and checks that every
-backbone weight loads.
+greenmim_mm backbones, reads every file with greenmim_mm's safe loader
+(:func:`greenmim_mm.checkpoint_loading.load_checkpoint_file`: ``weights_only=True`` with an
+allow-list of inert classes) and checks that every backbone weight loads.
 
 Accepted files:
 
@@ -13,10 +14,11 @@ Accepted files:
 * detectron2 checkpoints (``{'model': ...}``, e.g. ``model_final.pth`` of a run): the backbone
   must match exactly; other modules as detectron2 does it (missing / unexpected keys logged).
 
-Refused with :class:`CheckpointError` (naming the file, before any weight is loaded): pickled
-files (``.pkl``: unpickling runs code), anything ``weights_only`` cannot load (e.g. an unconverted
-mmengine training checkpoint), non-backbone keys in a converted file, and backbone keys that are
-missing, unexpected or of the wrong shape.
+Refused before any weight is loaded, naming the file: what the safe loader refuses
+(:class:`~greenmim_mm.checkpoint_loading.UnsafeCheckpointError`, ``CheckpointLoadError``) and, with
+:class:`CheckpointError` (a ``CheckpointLoadError``), detectron2's pickled model-zoo files
+(``.pkl``), files with non-backbone keys under ``state_dict`` (e.g. an unconverted training
+checkpoint) and backbone keys that are missing, unexpected or of the wrong shape.
 """
 import logging
 import re
@@ -25,14 +27,16 @@ from typing import Dict, List, Optional
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from greenmim_mm.checkpoint_loading import CheckpointLoadError, load_checkpoint_file
+
 from .backbone import MMBackbone
 
 SRC_PREFIX = 'backbone.'
 _OUT_NORM = re.compile(r'^norm\d+\.')
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded as asked; nothing was loaded."""
+class CheckpointError(CheckpointLoadError):
+    """A checkpoint that does not fit the model; nothing was loaded."""
 
 
 def body_prefix(model: torch.nn.Module) -> Optional[str]:
@@ -55,7 +59,7 @@ class GreenDetectionCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` (same arguments, same saving) with safe, checked loading.
 
     ``load(path)`` / ``resume_or_load(path, resume=...)`` accept the files in the module
-    docstring and raise :class:`CheckpointError` for the others.
+    docstring and raise ``CheckpointLoadError`` (or its :class:`CheckpointError`) for the others.
     """
 
     _file = '<checkpoint>'  # set by each _load_file
@@ -64,15 +68,9 @@ class GreenDetectionCheckpointer(DetectionCheckpointer):
     def _load_file(self, filename: str) -> Dict:
         if filename.endswith('.pkl'):
             raise CheckpointError(
-                f'{filename}: pickled (.pkl) checkpoints are not loaded (unpickling runs code); '
-                'give a .pth file saved by torch.save')
-        try:
-            ckpt = torch.load(filename, map_location='cpu', weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any reason: one clear message
-            raise CheckpointError(
-                f'{filename}: cannot be loaded with torch.load(weights_only=True) ({err}). '
-                'A greenmim_mm training checkpoint must be converted first: '
-                'python tools/convert_checkpoint.py --src greenmim_mm IN OUT') from err
+                f'{filename}: detectron2 model-zoo pickles (.pkl) are not loaded here; give a '
+                'converted greenmim_mm backbone or a detectron2 .pth checkpoint')
+        ckpt = load_checkpoint_file(filename, map_location='cpu')
         if not isinstance(ckpt, dict):
             raise CheckpointError(f'{filename}: expected a dict, got {type(ckpt).__name__}')
         self._file = filename

@@ -1,6 +1,6 @@
 """GreenDetectionCheckpointer: converted greenmim_mm backbones load completely; bad files are
 refused before anything is loaded."""
-import argparse
+import functools
 
 import pytest
 import torch
@@ -10,6 +10,7 @@ pytest.importorskip('detectron2', reason='needs the extra: GREENMIM_MM_EXTRAS=de
 from d2_utils import NANO_YAML, load_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
+from greenmim_mm.checkpoint_loading import CheckpointLoadError, UnsafeCheckpointError  # noqa: E402
 from greenmim_mm.converters import convert_file  # noqa: E402
 from greenmim_mm.detectron2 import CheckpointError, GreenDetectionCheckpointer  # noqa: E402
 from greenmim_mm.models import GreenSwinTransformer  # noqa: E402
@@ -68,9 +69,9 @@ def test_detectron2_checkpoint_roundtrip(tmp_path):
         assert torch.equal(other.state_dict()[key], value), key
 
 
-def _refused(model, path, match):
+def _refused(model, path, match, error=CheckpointError):
     before = snapshot(model)
-    with pytest.raises(CheckpointError, match=match) as err:
+    with pytest.raises(error, match=match) as err:
         GreenDetectionCheckpointer(model).load(str(path))
     assert str(path) in str(err.value)
     for key, value in model.state_dict().items():
@@ -88,11 +89,13 @@ def test_refuses_unconverted_pickled_and_foreign_files(tmp_path):
     model = nano_model()
     pretraining_checkpoint(tmp_path / 'pretrain.pth')
     _refused(model, tmp_path / 'pretrain.pth', 'only backbone.* keys; found neck.decoder.weight')
-    torch.save({'state_dict': {'backbone.x': torch.ones(1)}, 'cfg': argparse.Namespace(a=1)},
-               tmp_path / 'objects.pth')
-    _refused(model, tmp_path / 'objects.pth', r'weights_only=True')
+    torch.save({'state_dict': {'backbone.x': torch.ones(1)}, 'hook': functools.partial(print)},
+               tmp_path / 'code.pth')
+    _refused(model, tmp_path / 'code.pth', 'functools.partial', UnsafeCheckpointError)
+    (tmp_path / 'junk.pth').write_bytes(b'not a checkpoint')
+    _refused(model, tmp_path / 'junk.pth', 'cannot read', CheckpointLoadError)
     torch.save({'model': {}}, tmp_path / 'model.pkl')
-    _refused(model, tmp_path / 'model.pkl', 'pickled')
+    _refused(model, tmp_path / 'model.pkl', r'pickles \(.pkl\) are not loaded')
     torch.save({'model': {'backbone.fpn_lateral2.weight': torch.ones(1)}}, tmp_path / 'r50.pth')
     _refused(model, tmp_path / 'r50.pth', 'missing: backbone.bottom_up.body.')
     source = pretraining_checkpoint(tmp_path / 'p2.pth')
