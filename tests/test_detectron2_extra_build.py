@@ -1,7 +1,12 @@
-"""tools/extras/detectron2/prepare_sdist.py (the Detectron2 extra's build step) on small fake
-sdists: every edit applies exactly, anything unexpected is refused with the file named."""
+"""The Detectron2 extra's build: tools/extras/detectron2/prepare_sdist.py on small fake sdists
+(every edit applies exactly, anything unexpected is refused with the file named), and
+tools/env.sh's GREENMIM_MM_EXTRAS switch (the default environment stays the default one)."""
+import hashlib
 import importlib.util
 import io
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -75,3 +80,46 @@ def test_refuses_a_non_empty_output_folder(tmp_path):
     with pytest.raises(SystemExit, match='not empty'):
         prepare_sdist.main([str(tmp_path / 'missing.tar.gz'), str(tmp_path / 'out')])
     assert (tmp_path / 'out' / 'keep.txt').read_text() == 'x'
+
+
+# ------------------------------------------------------------------ tools/env.sh's extras switch
+REPO = TOOL.parents[3]
+DEFAULT_FILES = [f'requirements/{n}.txt' for n in ('build', 'torch', 'runtime', 'mim', 'tests')]
+D2_FILES = ['requirements/detectron2.txt', 'tools/extras/detectron2/_C.py',
+            'tools/extras/detectron2/prepare_sdist.py']
+
+
+def env_hash(files):
+    """What tools/env.sh keys an environment by: sha256 of the files' concatenation, 16 hex."""
+    return hashlib.sha256(b''.join((REPO / f).read_bytes() for f in files)).hexdigest()[:16]
+
+
+def run_env_sh(extras, home=None, *args):
+    env = dict(os.environ, GREENMIM_MM_EXTRAS=extras)
+    if home:
+        env['GREENMIM_MM_HOME'] = home
+    return subprocess.run(['bash', 'tools/env.sh', *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_without_extras_the_environment_is_the_default_one():
+    run = run_env_sh('')
+    assert run.returncode == 0, run.stderr
+    path = Path(run.stdout.strip())
+    assert path.name == env_hash(DEFAULT_FILES)
+    assert path == Path(sys.prefix)  # this suite runs in it
+
+
+def test_the_detectron2_extra_is_a_separate_environment_keyed_by_its_files():
+    # An unwritable home stops env.sh before it builds anything; its error names the environment.
+    run = run_env_sh('detectron2', '/proc/greenmim_mm_home', 'true')
+    assert run.returncode != 0
+    assert f'/envs/{env_hash(DEFAULT_FILES + D2_FILES)} is missing' in run.stderr, run.stderr
+    again = run_env_sh(' detectron2,detectron2 ', '/proc/greenmim_mm_home', 'true')
+    assert f'/envs/{env_hash(DEFAULT_FILES + D2_FILES)} is missing' in again.stderr
+
+
+def test_unknown_extra_is_refused():
+    run = run_env_sh('detectron3', None, 'true')
+    assert run.returncode == 1
+    assert "unknown extra 'detectron3' in GREENMIM_MM_EXTRAS (known: detectron2)" in run.stderr
