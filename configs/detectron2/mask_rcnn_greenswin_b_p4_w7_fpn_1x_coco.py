@@ -1,9 +1,10 @@
 # LazyConfig twin of mask_rcnn_greenswin_b_p4_w7_fpn_1x_coco.yaml (Mask R-CNN + FPN, GreenMIM Swin-B
 # window 7, COCO 1x, AdamW lr 1e-4 / wd 0.05 without decay on norms and position tables, optional
 # layer-wise lr decay): detectron2's model-zoo LazyConfigs with greenmim_mm's backbone. For
-# detectron2's tools/lazyconfig_train_net.py (from a detectron2 source checkout); load
-# train.init_checkpoint with greenmim_mm.detectron2.GreenDetectionCheckpointer in place of
-# DetectionCheckpointer, which does not know converted greenmim_mm backbones (see the README).
+# detectron2's tools/lazyconfig_train_net.py (from a detectron2 source checkout), whose plain
+# DetectionCheckpointer needs train.init_checkpoint in detectron2's layout:
+#   tools/convert_checkpoint_detectron2.py backbone_converted.pth backbone_d2.pth
+# (greenmim_mm.detectron2.GreenDetectionCheckpointer loads both layouts and checks every weight).
 import torch
 from detectron2.config import LazyCall as L
 from detectron2.model_zoo import get_config
@@ -46,6 +47,5 @@ optimizer = L(torch.optim.AdamW)(
 lr_multiplier = get_config('common/coco_schedule.py').lr_multiplier_1x  # 90k its, steps 60k/80k
 
 train = get_config('common/train.py').train
-train.init_checkpoint = \
-    'work_dirs/greenmim_swin-base-w7_8xb256-amp-800e_in1k-224px/backbone_converted.pth'
+train.init_checkpoint = 'work_dirs/greenmim_swin-base-w7_8xb256-amp-800e_in1k-224px/backbone_d2.pth'
 train.output_dir = 'work_dirs/mask_rcnn_greenswin_b_p4_w7_fpn_1x_coco_lazy'

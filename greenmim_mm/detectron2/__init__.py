@@ -13,7 +13,8 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         'tools/env.sh ..., or install detectron2 from source (README, Detectron2)') from err
 
 from .backbone import AlignedFPN, MMBackbone, fpn_from_config  # noqa: E402
-from .checkpoint import CheckpointError, GreenDetectionCheckpointer  # noqa: E402
+from .checkpoint import (CheckpointError, GreenDetectionCheckpointer,  # noqa: E402
+                         export_detectron2_backbone)
 from .config import add_greenmim_config, get_cfg  # noqa: E402
 from .data import register_demo_coco  # noqa: E402
 from .green_swin import (GreenSwinBackbone, build_greenswin_backbone,  # noqa: E402
@@ -23,7 +24,8 @@ from .train import Trainer  # noqa: E402
 
 __all__ = [
     'AlignedFPN', 'MMBackbone', 'fpn_from_config', 'CheckpointError',
-    'GreenDetectionCheckpointer', 'add_greenmim_config', 'get_cfg', 'register_demo_coco',
+    'GreenDetectionCheckpointer', 'export_detectron2_backbone', 'add_greenmim_config', 'get_cfg',
+    'register_demo_coco',
     'GreenSwinBackbone', 'build_greenswin_backbone', 'build_greenswin_fpn_backbone',
     'build_optimizer', 'param_groups', 'Trainer'
 ]

@@ -11,6 +11,9 @@ Accepted files:
   Every backbone parameter and buffer must be in the file with its shape, except the per-output
   norms ``norm{i}`` (pre-training has only the last one; the others keep LayerNorm's
   initialisation, as with mmdet's ``init_cfg``), which are logged;
+* the same weights in detectron2's layout (:func:`export_detectron2_backbone`,
+  ``tools/convert_checkpoint_detectron2.py``; ``__author__ == 'greenmim_mm'``), which a plain
+  ``DetectionCheckpointer`` loads too: checked the same way;
 * detectron2 checkpoints (``{'model': ...}``, e.g. ``model_final.pth`` of a run): the backbone
   must match exactly; other modules as detectron2 does it (missing / unexpected keys logged).
 
@@ -28,10 +31,13 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from greenmim_mm.checkpoint_loading import CheckpointLoadError, load_checkpoint_file
+from greenmim_mm.fileio import atomic_torch_save, is_same_file
 
 from .backbone import MMBackbone
 
 SRC_PREFIX = 'backbone.'
+FPN_BODY_PREFIX = 'backbone.bottom_up.body.'  # GreenSwinBackbone under detectron2's FPN
+AUTHOR = 'greenmim_mm'  # detectron2-layout files of converted backbones
 _OUT_NORM = re.compile(r'^norm\d+\.')
 
 
@@ -55,6 +61,43 @@ def _sample(keys: List[str], n: int = 6) -> str:
     return ', '.join(keys[:n]) + (f' ... ({len(keys)} in all)' if len(keys) > n else '')
 
 
+def map_backbone_keys(state_dict: Dict, prefix: str, filename: str) -> Dict[str, torch.Tensor]:
+    """A converted backbone's ``backbone.<key>`` -> ``<prefix><key>``.
+
+    Raises:
+        CheckpointError: ``state_dict`` is empty or holds keys besides ``backbone.*``.
+    """
+    others = [k for k in state_dict if not k.startswith(SRC_PREFIX)]
+    if others or not state_dict:
+        raise CheckpointError(
+            f'{filename}: a converted backbone holds only backbone.* keys; found '
+            f'{_sample(others) or "none at all"}. Convert it first: '
+            'python tools/convert_checkpoint.py --src greenmim_mm IN OUT')
+    return {prefix + k[len(SRC_PREFIX):]: v for k, v in state_dict.items()}
+
+
+def export_detectron2_backbone(in_path: str, out_path: str, prefix: str = FPN_BODY_PREFIX) -> int:
+    """Write a converted backbone (``{'state_dict': {'backbone.*'}}``) in detectron2's layout,
+    ``{'model': {'<prefix><key>': tensor}, '__author__': 'greenmim_mm'}``, so that a plain
+    ``DetectionCheckpointer`` (e.g. detectron2's ``lazyconfig_train_net.py``) loads it into a model
+    whose ``GreenSwinBackbone`` sits at ``prefix`` (default: under an FPN). Written atomically;
+    ``out_path`` must not be ``in_path``. Returns the number of tensors.
+
+    Raises:
+        CheckpointError: the input is not a converted backbone, or ``out_path`` is ``in_path``.
+    """
+    if is_same_file(in_path, out_path):
+        raise CheckpointError(f'{out_path} is the input file; choose another output path')
+    ckpt = load_checkpoint_file(in_path, map_location='cpu')
+    if not isinstance(ckpt, dict) or 'state_dict' not in ckpt or 'model' in ckpt:
+        raise CheckpointError(f'{in_path}: not a converted greenmim_mm backbone '
+                              "({'state_dict': {'backbone.*': ...}})")
+    weights = map_backbone_keys(ckpt['state_dict'], prefix, in_path)
+    atomic_torch_save({'model': weights, '__author__': AUTHOR, 'matching_heuristics': False},
+                      out_path)
+    return len(weights)
+
+
 class GreenDetectionCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` (same arguments, same saving) with safe, checked loading.
 
@@ -74,28 +117,19 @@ class GreenDetectionCheckpointer(DetectionCheckpointer):
         if not isinstance(ckpt, dict):
             raise CheckpointError(f'{filename}: expected a dict, got {type(ckpt).__name__}')
         self._file = filename
-        self._backbone_only = 'model' not in ckpt and 'state_dict' in ckpt
-        if self._backbone_only:
-            return {'model': self._map_backbone(ckpt['state_dict'], filename),
-                    '__author__': 'greenmim_mm', 'matching_heuristics': False}
+        self._backbone_only = ('model' not in ckpt and 'state_dict' in ckpt
+                               or ckpt.get('__author__') == AUTHOR)
+        if 'model' not in ckpt and 'state_dict' in ckpt:
+            prefix = body_prefix(self.model)
+            if prefix is None:
+                raise CheckpointError(f'{filename} is a greenmim_mm backbone, but the model has '
+                                      'no greenmim_mm backbone (greenmim_mm.detectron2.MMBackbone)')
+            return {'model': map_backbone_keys(ckpt['state_dict'], prefix, filename),
+                    '__author__': AUTHOR, 'matching_heuristics': False}
         if 'model' not in ckpt:
             raise CheckpointError(f'{filename}: neither a detectron2 checkpoint (no "model") nor '
                                   'a converted greenmim_mm backbone (no "state_dict")')
         return ckpt
-
-    def _map_backbone(self, state_dict: Dict, filename: str) -> Dict[str, torch.Tensor]:
-        """``backbone.<key>`` -> ``<body prefix><key>``."""
-        prefix = body_prefix(self.model)
-        if prefix is None:
-            raise CheckpointError(f'{filename} is a greenmim_mm backbone, but the model has no '
-                                  'greenmim_mm backbone (greenmim_mm.detectron2.MMBackbone)')
-        others = [k for k in state_dict if not k.startswith(SRC_PREFIX)]
-        if others or not state_dict:
-            raise CheckpointError(
-                f'{filename}: a converted backbone holds only backbone.* keys; found '
-                f'{_sample(others) or "none at all"}. Convert it first: '
-                'python tools/convert_checkpoint.py --src greenmim_mm IN OUT')
-        return {prefix + k[len(SRC_PREFIX):]: v for k, v in state_dict.items()}
 
     def _load_model(self, checkpoint: Dict):
         self._check_backbone(checkpoint['model'])

@@ -1,13 +1,16 @@
 """GreenDetectionCheckpointer: converted greenmim_mm backbones load completely; bad files are
 refused before anything is loaded."""
 import functools
+import importlib.util
+import os.path as osp
 
 import pytest
 import torch
 
 pytest.importorskip('detectron2', reason='needs the extra: GREENMIM_MM_EXTRAS=detectron2')
 
-from d2_utils import NANO_YAML, load_cfg  # noqa: E402
+from d2_utils import NANO_YAML, REPO, load_cfg  # noqa: E402
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
 from greenmim_mm.checkpoint_loading import CheckpointLoadError, UnsafeCheckpointError  # noqa: E402
@@ -55,6 +58,40 @@ def test_converted_backbone_loads_every_weight(tmp_path):
     assert sorted(kept) == sorted(out_norms)
     for key in kept + [k for k in after if not k.startswith(BODY)]:
         assert torch.equal(after[key], before[key]), key
+
+
+def load_tool():
+    path = osp.join(REPO, 'tools', 'convert_checkpoint_detectron2.py')
+    spec = importlib.util.spec_from_file_location('convert_checkpoint_detectron2', path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_detectron2_layout_loads_with_plain_detection_checkpointer(tmp_path, capsys):
+    source = pretraining_checkpoint(tmp_path / 'pretrain.pth')
+    convert_file(str(tmp_path / 'pretrain.pth'), str(tmp_path / 'converted.pth'), 'greenmim_mm')
+    tool = load_tool()
+    tool.main([str(tmp_path / 'converted.pth'), str(tmp_path / 'd2.pth')])
+    assert f'({len(source)} tensors under backbone.bottom_up.body.)' in capsys.readouterr().out
+    for checkpointer in (DetectionCheckpointer, GreenDetectionCheckpointer):
+        model = nano_model()
+        before = snapshot(model)
+        checkpointer(model).load(str(tmp_path / 'd2.pth'))
+        after = model.state_dict()
+        for key, value in source.items():
+            assert torch.equal(after[BODY + key], value), (checkpointer.__name__, key)
+        for key in after:
+            if key.startswith(BODY) and key[len(BODY):] in source:
+                continue
+            assert torch.equal(after[key], before[key]), key  # norm0-2, FPN, heads: as built
+    with pytest.raises(SystemExit, match='is the input file'):
+        tool.main([str(tmp_path / 'd2.pth'), str(tmp_path / 'd2.pth')])
+    with pytest.raises(SystemExit, match='not a converted greenmim_mm backbone'):
+        tool.main([str(tmp_path / 'd2.pth'), str(tmp_path / 'again.pth')])
+    with pytest.raises(SystemExit, match='only backbone.. keys; found neck.decoder.weight'):
+        tool.main([str(tmp_path / 'pretrain.pth'), str(tmp_path / 'again.pth')])
+    assert not (tmp_path / 'again.pth').exists()
 
 
 def test_detectron2_checkpoint_roundtrip(tmp_path):
