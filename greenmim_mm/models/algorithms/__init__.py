@@ -1,3 +1,4 @@
 from .greenmim import GreenMIM, draw_unit_mask, mask_generator_seed
+from .localmim import LocalMIM
 
-__all__ = ['GreenMIM', 'draw_unit_mask', 'mask_generator_seed']
+__all__ = ['GreenMIM', 'LocalMIM', 'draw_unit_mask', 'mask_generator_seed']

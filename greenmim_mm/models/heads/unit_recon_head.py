@@ -2,15 +2,18 @@
 from typing import Optional
 
 import torch
-from mmengine.model import BaseModule
 
-from greenmim_mm.models.utils import denormalize_units, normalize_units, patchify, unpatchify
+from greenmim_mm.models.target_generators import PixelTargetGenerator
+from greenmim_mm.models.utils import denormalize_units, patchify, unpatchify
 from greenmim_mm.registry import MODELS
+
+from .cell_recon_head import CellReconstructionHead
 
 
 @MODELS.register_module()
-class UnitReconstructionHead(BaseModule):
-    """Pixel reconstruction loss on the masked units only.
+class UnitReconstructionHead(CellReconstructionHead):
+    """Pixel reconstruction loss on the masked units only: ``CellReconstructionHead`` with a
+    ``PixelTargetGenerator`` of cell ``unit``.
 
     The target is the data-preprocessor-normalised image cut into ``unit x unit x C`` units
     (raster order of units, (p, q, c) row-major inside a unit). With ``norm_pix`` every unit's
@@ -29,35 +32,14 @@ class UnitReconstructionHead(BaseModule):
         unit (int): unit side in pixels (the backbone's ``mask_unit``, 32 for Swin).
         in_channels (int): image channels.
     """
-    CRITERIA = {'mse': 'L2', 'l1': 'L1'}
 
     def __init__(self, loss: str = 'mse', norm_pix: bool = True, unit: int = 32,
                  in_channels: int = 3, init_cfg: Optional[dict] = None):
-        super().__init__(init_cfg=init_cfg)
-        if loss not in self.CRITERIA:
-            raise ValueError(f"loss must be one of {sorted(self.CRITERIA)}; got {loss!r}")
-        self.loss_type = loss
+        super().__init__(PixelTargetGenerator(unit, norm_pix, in_channels), loss=loss,
+                         init_cfg=init_cfg)
         self.norm_pix = bool(norm_pix)
         self.unit = int(unit)
         self.in_channels = int(in_channels)
-        self.loss_module = MODELS.build(
-            dict(type='PixelReconstructionLoss', criterion=self.CRITERIA[loss]))
-
-    def construct_target(self, imgs: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) normalised images -> (B, L, unit*unit*C) targets (norm-pix if enabled)."""
-        target = patchify(imgs.float(), self.unit)
-        return normalize_units(target) if self.norm_pix else target
-
-    def loss(self, pred: torch.Tensor, imgs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Scalar loss. pred (B, L, unit*unit*C); imgs (B, C, H, W); mask (Hu, Wu) bool, True =
-        masked (shared by the batch) or (B, Hu, Wu) / (B, L) per sample."""
-        target = self.construct_target(imgs)
-        if pred.shape != target.shape:
-            raise ValueError(f'prediction {tuple(pred.shape)} does not match the target '
-                             f'{tuple(target.shape)} (unit {self.unit})')
-        weight = mask.to(device=pred.device, dtype=torch.float32).reshape(-1, target.shape[1])
-        weight = weight.expand(target.shape[0], -1)
-        return self.loss_module(pred.float(), target, weight)
 
     def to_image(self, pred: torch.Tensor, imgs: torch.Tensor) -> torch.Tensor:
         """Predictions (B, L, D) -> image (B, C, H, W) in the normalised-input space.

@@ -1,3 +1,4 @@
+from .grid_decoder import MAEGridDecoder
 from .unit_decoder import LinearUnitDecoder, MAEUnitDecoder
 
-__all__ = ['MAEUnitDecoder', 'LinearUnitDecoder']
+__all__ = ['MAEGridDecoder', 'MAEUnitDecoder', 'LinearUnitDecoder']

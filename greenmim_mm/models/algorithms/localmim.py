@@ -1,0 +1,137 @@
+"""LocalMIM: multi-scale local reconstruction on the sparse hierarchical encoder.
+
+Wang et al., "Masked Image Modeling with Local Multi-Scale Reconstruction", CVPR 2023
+(localmim.md). Several stages of the encoder each get a tiny decoder and a target at the scale of
+that stage's grid (fine below, coarse above); the losses are summed. The encoder sees only the
+visible 32-px mask units, exactly as in GreenMIM, whose mask bookkeeping this reuses.
+"""
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from greenmim_mm.ops.masking import unit_grid, upsample_mask
+from greenmim_mm.registry import MODELS
+
+from .greenmim import GreenMIM, _build, _single_view, draw_unit_mask
+
+
+def out_strides(backbone: nn.Module) -> List[int]:
+    """Pixel stride of each output of a hierarchical backbone, in ``out_indices`` order.
+
+    Uses ``backbone.out_strides`` when the backbone defines it; otherwise mmpretrain Swin's
+    layout: stage i's output has gone through i merges, one more with ``out_after_downsample``
+    where stage i has a downsample.
+    """
+    if hasattr(backbone, 'out_strides'):
+        return [int(s) for s in backbone.out_strides]
+    patch = int(backbone.patch_embed.projection.stride[0])
+    after = bool(getattr(backbone, 'out_after_downsample', False))
+    strides = []
+    for i in backbone.out_indices:
+        merges = i + int(after and backbone.stages[i].downsample is not None)
+        strides.append(patch * 2**merges)
+    return strides
+
+
+@MODELS.register_module()
+class LocalMIM(GreenMIM):
+    """LocalMIM pre-training on a sparse hierarchical backbone (``GreenSwinTransformer``).
+
+    One mask of 32-px units per device batch, drawn exactly as in ``GreenMIM`` (seed, rank and
+    the ``mask_step`` buffer: exact resume, different masks per rank). The backbone's sparse path
+    returns one (B, N_k, C_k) tensor of visible tokens per out index (LocalMIM Swin: stages 0-2
+    after patch merging and the last stage, ``out_indices=(0, 1, 2, 3)``,
+    ``out_after_downsample=True``, strides 8/16/32/32; the backbone's ``norm{i}`` are the per-head
+    LayerNorms, eps 1e-6). Head k: its decoder (``necks[k]``, e.g. ``MAEGridDecoder``) predicts
+    every cell of that output's grid from the visible tokens, and its head (``heads[k]``,
+    ``CellReconstructionHead``) compares with its target at cell = stride on the masked cells
+    (the unit mask repeated to the grid). Loss = sum_k loss_weights[k] * loss_k, logged per head
+    as ``loss_k``.
+
+    Args:
+        backbone (dict): the sparse backbone with one out index per head.
+        necks (list[dict]): one decoder per out index; ``pred_dims`` = its head's target width.
+        heads (list[dict]): one ``CellReconstructionHead`` per out index; target cell = stride.
+        loss_weights (list[float], optional): per-head weights, default all 1 (LocalMIM).
+        mask_ratio, mask_seed, pretrained, data_preprocessor, init_cfg: as ``GreenMIM``.
+
+    Raises ValueError at build time when the numbers of out indices, decoders, heads and weights
+    differ, when a head's cell is not its output's stride, when a decoder's prediction width is
+    not its target's, or when an output is coarser than the mask unit.
+    """
+
+    def __init__(self, backbone: dict, necks: Sequence[dict], heads: Sequence[dict],
+                 loss_weights: Optional[Sequence[float]] = None, mask_ratio: float = 0.75,
+                 mask_seed: Optional[int] = None, pretrained: Optional[str] = None,
+                 data_preprocessor: Optional[Union[dict, nn.Module]] = None,
+                 init_cfg: Optional[Union[dict, List[dict]]] = None):
+        necks = nn.ModuleList([_build(c) for c in necks])
+        heads = nn.ModuleList([_build(c) for c in heads])
+        super().__init__(backbone=backbone, neck=necks, head=heads, mask_ratio=mask_ratio,
+                         mask_seed=mask_seed, pretrained=pretrained,
+                         data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.strides = out_strides(self.backbone)
+        num = len(self.strides)
+        weights = [1.0] * num if loss_weights is None else [float(w) for w in loss_weights]
+        if not len(necks) == len(heads) == len(weights) == num:
+            raise ValueError(f'LocalMIM needs one decoder, head and loss weight per backbone '
+                             f'output: {num} outputs (out_indices '
+                             f'{tuple(self.backbone.out_indices)}), {len(necks)} necks, '
+                             f'{len(heads)} heads, {len(weights)} loss_weights')
+        self.loss_weights = weights
+        self.grid_factors = [self._grid_factor(k) for k in range(num)]
+
+    def _grid_factor(self, k: int) -> int:
+        """How many cells of head k's grid one mask unit spans per side (unit / stride)."""
+        stride, head, neck = self.strides[k], self.head[k], self.neck[k]
+        if self.unit % stride:
+            raise ValueError(f'head {k}: output stride {stride} does not divide the '
+                             f'{self.unit}-px mask unit')
+        if head.cell != stride:
+            raise ValueError(f'head {k}: target cell {head.cell} px differs from the output '
+                             f'stride {stride} px')
+        pred_dims = getattr(neck, 'pred_dims', None)
+        if pred_dims is not None and pred_dims != head.out_channels:
+            raise ValueError(f'head {k}: decoder predicts {pred_dims} values per cell, the target '
+                             f'has {head.out_channels}')
+        return self.unit // stride
+
+    def head_masks(self, mask: torch.Tensor) -> List[torch.Tensor]:
+        """Unit mask (Hu, Wu) -> every head's cell mask (Hu*f_k, Wu*f_k), bool, True = masked."""
+        return [upsample_mask(mask, f) for f in self.grid_factors]
+
+    def forward_masked(self, img: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
+        """img (B, C, H, W), mask (Hu, Wu) -> per head (B, L_k, D_k) predictions of every cell."""
+        feats = self.backbone(img, mask=mask)
+        return [neck(feat, cells) for neck, feat, cells in
+                zip(self.neck, feats, self.head_masks(mask))]
+
+    def loss(self, inputs: Union[torch.Tensor, List[torch.Tensor]],
+             data_samples: Optional[list] = None, **kwargs) -> Dict[str, torch.Tensor]:
+        """inputs: normalised images (B, C, H, W) -> {'loss_k': weighted loss of head k}
+        (mmengine sums every 'loss*' entry)."""
+        img = _single_view(inputs)
+        mask = self.next_mask(img.shape[-2:])
+        preds = self.forward_masked(img, mask)
+        return {f'loss_{k}': w * head.loss(pred, img, cells) for k, (w, head, pred, cells) in
+                enumerate(zip(self.loss_weights, self.head, preds, self.head_masks(mask)))}
+
+    def reconstruct(self, *args, **kwargs):
+        """GreenMIM's single-image reconstruction has no LocalMIM counterpart (several heads,
+        HOG targets are not images): use :meth:`predict_heads`."""
+        raise NotImplementedError('LocalMIM has one prediction per head: use predict_heads()')
+
+    @torch.no_grad()
+    def predict_heads(self, inputs: Union[torch.Tensor, List[torch.Tensor]],
+                      mask: Optional[torch.Tensor] = None, seed: int = 0):
+        """For visualisation: (per-head predictions [(B, L_k, D_k)], targets [(B, L_k, D_k)],
+        unit mask (Hu, Wu)). Without ``mask`` one is drawn from ``seed`` (the training step
+        counter is left alone)."""
+        img = _single_view(inputs)
+        if mask is None:
+            mask = draw_unit_mask(unit_grid(img.shape[-2:], self.unit), self.mask_ratio,
+                                  seed, 0, 0)
+        preds = self.forward_masked(img, mask)
+        targets = [head.construct_target(img) for head in self.head]
+        return preds, targets, mask

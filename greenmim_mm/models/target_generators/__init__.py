@@ -1,0 +1,4 @@
+from .hog import LocalMIMHOGGenerator
+from .pixel import PixelTargetGenerator
+
+__all__ = ['PixelTargetGenerator', 'LocalMIMHOGGenerator']

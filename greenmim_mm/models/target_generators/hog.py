@@ -1,0 +1,89 @@
+"""LocalMIM's HOG target (Wang et al., CVPR 2023; localmim.md section 3.2) at any cell size.
+
+Per colour channel of the normalised input: 3x3 Sobel-type gradients with reflect padding,
+magnitude and unsigned orientation, hard binning, per-cell average pooling, L2 normalisation of
+each cell's histogram; colour channels concatenated.
+"""
+import math
+import torch
+import torch.nn.functional as F
+from mmpretrain.models.selfsup import HOGGenerator
+
+from greenmim_mm.registry import MODELS
+
+
+@MODELS.register_module()
+class LocalMIMHOGGenerator(HOGGenerator):
+    """HOG per ``cell x cell`` cell: (B, 3, H, W) -> (B, H/cell * W/cell, 3 * nbins).
+
+    1. gx, gy: mmpretrain's ``HOGGenerator`` Sobel kernels (``weight_x`` = [[1,0,-1],[2,0,-2],
+       [1,0,-1]], ``weight_y`` its transpose) on each colour channel, reflect padding by 1;
+       with ``gradient_bias`` a constant (bx, by) is added to gx, gy.
+    2. magnitude sqrt(gx² + gy²), bin floor(atan2(gx, gy) / pi * nbins) mod nbins (hard,
+       unsigned: opposite gradients share a bin); each pixel's magnitude goes into its bin.
+    3. average pooling with kernel = stride = ``cell`` (no Gaussian window), then each cell's
+       histogram is L2-normalised over its bins, per colour channel (``F.normalize``).
+    4. values ordered (colour channel, bin): index ``c * nbins + bin``; cells in raster order.
+
+    Reused from mmpretrain's ``HOGGenerator`` (MaskFeat): the class, its Sobel kernel buffers
+    and its binning convention (steps 1-2 without the bias, which its ``forward`` computes the
+    same way). Not reused: its ``forward``, which multiplies a Gaussian window, sum-pools and
+    reshapes onto a fixed 14-cell grid; sum and average pooling differ by a constant per cell,
+    which the L2 normalisation removes, so with ``gaussian_window=0`` and ``pool=cell`` its
+    ``out`` equals steps 1-3 (tested).
+
+    Args:
+        cell (int): cell side in pixels (LocalMIM: ViT 4/8/16/32, Swin 8/16/32/32).
+        nbins (int): orientation bins over [0, pi) (LocalMIM: 9 for ViT-B, 18 otherwise).
+        gradient_bias (bool): the frozen random gradient bias of LocalMIM's ``--hog_bias``
+            (ViT-L, Swin-B-HOG and Swin-L recipes): (bx, by) ~ U(-1/3, 1/3), PyTorch's default
+            bias init of a one-input-channel 3x3 conv (fan-in 9), drawn once at construction
+            and kept in the persistent buffer ``gradient_bias`` (never trained). The official
+            conv layout behind that fan-in is not verified (localmim.md marks only its effect).
+
+    Raises ValueError for inputs that are not (B, 3, H, W) with sides multiples of ``cell``.
+    """
+
+    def __init__(self, cell: int, nbins: int = 9, gradient_bias: bool = False):
+        super().__init__(nbins=int(nbins), pool=int(cell), gaussian_window=0)
+        self.cell = int(cell)
+        bias = torch.empty(2).uniform_(-1 / 3, 1 / 3) if gradient_bias else None
+        self.register_buffer('gradient_bias', bias, persistent=True)
+
+    @property
+    def out_channels(self) -> int:
+        """Target values per cell (3 colour channels x nbins)."""
+        return 3 * self.nbins
+
+    def gradients(self, imgs: torch.Tensor):
+        """(B, 3, H, W) -> gx, gy, each (B, 3, H, W) (fp32)."""
+        x = F.pad(imgs.float(), (1, 1, 1, 1), mode='reflect')
+        gx = F.conv2d(x, self.weight_x, groups=3)
+        gy = F.conv2d(x, self.weight_y, groups=3)
+        if self.gradient_bias is not None:
+            gx, gy = gx + self.gradient_bias[0], gy + self.gradient_bias[1]
+        return gx, gy
+
+    def pixel_histograms(self, imgs: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 3, nbins, H, W): each pixel's gradient magnitude in its bin."""
+        gx, gy = self.gradients(imgs)
+        magnitude = torch.stack([gx, gy], dim=-1).norm(dim=-1)
+        bins = torch.floor(torch.atan2(gx, gy) / math.pi * self.nbins).long() % self.nbins
+        out = magnitude.new_zeros(magnitude.shape[:2] + (self.nbins, ) + magnitude.shape[2:])
+        return out.scatter_add_(2, bins.unsqueeze(2), magnitude.unsqueeze(2))
+
+    @torch.no_grad()
+    def forward(self, imgs: torch.Tensor) -> torch.Tensor:
+        self._check(imgs)
+        hist = self.pixel_histograms(imgs)
+        b, c, n, h, w = hist.shape
+        hist = F.avg_pool2d(hist.flatten(1, 2), self.cell, self.cell)
+        hist = F.normalize(hist.view(b, c, n, h // self.cell, w // self.cell), p=2, dim=2)
+        return hist.permute(0, 3, 4, 1, 2).reshape(b, -1, c * n)
+
+    def _check(self, imgs: torch.Tensor) -> None:
+        if imgs.dim() != 4 or imgs.shape[1] != 3:
+            raise ValueError(f'HOG targets need (B, 3, H, W) images; got {tuple(imgs.shape)}')
+        if imgs.shape[-2] % self.cell or imgs.shape[-1] % self.cell:
+            raise ValueError(f'image sides {tuple(imgs.shape[-2:])} are not multiples of the '
+                             f'{self.cell}-px HOG cell')
