@@ -1,3 +1,4 @@
 from .green_swin import GreenSwinTransformer
+from .localmim_vit import LocalMIMMAEViT
 
-__all__ = ['GreenSwinTransformer']
+__all__ = ['GreenSwinTransformer', 'LocalMIMMAEViT']

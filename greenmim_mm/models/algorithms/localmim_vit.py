@@ -1,0 +1,117 @@
+"""LocalMIM on a columnar ViT (localmim.md sections 2.1, 3.1, 4, 5, 6.1)."""
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.dist import get_rank
+
+from greenmim_mm.models.backbones.localmim_vit import random_patch_masks
+from greenmim_mm.ops.masking import check_mask_ratio
+from greenmim_mm.registry import MODELS
+
+from .greenmim import GreenMIM, _build, _single_view, mask_generator_seed
+
+
+def cell_weights(mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """Per-sample patch mask (B, h, w) -> loss weights on a grid ``scale`` x finer (B, sh, sw):
+    nearest repetition for scale >= 1, 2x2 average for 0.5 (a 32-px cell weighs the share of its
+    16-px patches that are masked, as LocalMIM's ViT code)."""
+    m = mask.float()
+    if scale >= 1:
+        f = int(scale)
+        return m.repeat_interleave(f, 1).repeat_interleave(f, 2)
+    return F.avg_pool2d(m[:, None], int(round(1 / scale)))[:, 0]
+
+
+@MODELS.register_module()
+class LocalMIMViT(GreenMIM):
+    """LocalMIM pre-training of a ViT (mmpretrain ``MAEViT`` through ``LocalMIMMAEViT``).
+
+    Per-sample MAE masking of the 16-px patches (ratio 0.75), drawn from a generator seeded by
+    (seed, rank, step) with GreenMIM's ``mask_step`` buffer (exact resume; the global RNG is not
+    used). The encoder runs on the visible patches and returns the tokens after the blocks in
+    its ``out_indices`` (ViT-B: 1, 3, 9, 11); head k's decoder (``LocalMIMViTDecoder``, scale
+    4/2/1/0.5) predicts on a grid ``scale`` x the patch grid and its ``CellReconstructionHead``
+    compares with the target at cell = patch / scale (4/8/16/32 px), weighted by
+    :func:`cell_weights`. Loss = sum_k loss_weights[k] * loss_k (logged per head).
+
+    Args:
+        backbone (dict): ``LocalMIMMAEViT`` backbone with one out index per head.
+        necks, heads (list[dict]): one decoder / head per out index.
+        loss_weights (list[float], optional): default all 1.
+        mask_ratio, mask_seed, pretrained, data_preprocessor, init_cfg: as ``GreenMIM``.
+    """
+
+    def __init__(self, backbone: dict, necks: Sequence[dict], heads: Sequence[dict],
+                 loss_weights: Optional[Sequence[float]] = None, mask_ratio: float = 0.75,
+                 mask_seed: Optional[int] = None, pretrained: Optional[str] = None,
+                 data_preprocessor: Optional[Union[dict, nn.Module]] = None,
+                 init_cfg: Optional[Union[dict, List[dict]]] = None):
+        necks = nn.ModuleList([_build(c) for c in necks])
+        heads = nn.ModuleList([_build(c) for c in heads])
+        super().__init__(backbone=backbone, neck=necks, head=heads, mask_ratio=mask_ratio,
+                         mask_seed=mask_seed, pretrained=pretrained,
+                         data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        num = len(self.backbone.out_indices)
+        weights = [1.0] * num if loss_weights is None else [float(w) for w in loss_weights]
+        if not len(necks) == len(heads) == len(weights) == num:
+            raise ValueError(f'LocalMIMViT needs one decoder, head and loss weight per backbone '
+                             f'output: {num} out_indices, {len(necks)} necks, {len(heads)} '
+                             f'heads, {len(weights)} loss_weights')
+        self.loss_weights = weights
+        patch = int(self.backbone.patch_embed.projection.stride[0])
+        for k, (neck, head) in enumerate(zip(necks, heads)):
+            if head.cell * neck.scale != patch:
+                raise ValueError(f'head {k}: target cell {head.cell} px x decoder scale '
+                                 f'{neck.scale} is not the {patch}-px patch')
+            if neck.pred_dims != head.out_channels:
+                raise ValueError(f'head {k}: decoder predicts {neck.pred_dims} values per cell, '
+                                 f'the target has {head.out_channels}')
+
+    @property
+    def patch_grid(self):
+        return tuple(int(s) for s in self.backbone.patch_resolution)
+
+    def draw_masks(self, batch: int, base_seed: int, rank: int, step: int) -> torch.Tensor:
+        """The per-sample masks (B, h, w) bool of (base seed, rank, step)."""
+        gen = torch.Generator().manual_seed(mask_generator_seed(base_seed, rank, step))
+        h, w = self.patch_grid
+        return random_patch_masks(batch, h * w, check_mask_ratio(self.mask_ratio), gen).view(
+            batch, h, w)
+
+    def next_mask(self, batch: int) -> torch.Tensor:
+        """This step's masks for this rank (CPU bool (B, h, w)); advances the step."""
+        if self.base_seed is None:
+            self.base_seed = int(torch.initial_seed())
+        mask = self.draw_masks(batch, self.base_seed, get_rank(), self._step)
+        self._step += 1
+        self.mask_step.fill_(self._step)
+        return mask
+
+    def forward_masked(self, img: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
+        """img (B, C, H, W), mask (B, h, w) -> per head (B, L_k, D_k) predictions."""
+        feats = self.backbone(img, mask=mask.flatten(1))
+        return [neck(feat, mask) for neck, feat in zip(self.neck, feats)]
+
+    def loss(self, inputs: Union[torch.Tensor, List[torch.Tensor]],
+             data_samples: Optional[list] = None, **kwargs) -> Dict[str, torch.Tensor]:
+        img = _single_view(inputs)
+        mask = self.next_mask(img.shape[0])
+        preds = self.forward_masked(img, mask)
+        return {f'loss_{k}': w * head.loss(pred, img, cell_weights(mask, neck.scale))
+                for k, (w, neck, head, pred) in
+                enumerate(zip(self.loss_weights, self.neck, self.head, preds))}
+
+    def reconstruct(self, *args, **kwargs):
+        raise NotImplementedError('LocalMIM has one prediction per head: use predict_heads()')
+
+    @torch.no_grad()
+    def predict_heads(self, inputs, mask: Optional[torch.Tensor] = None, seed: int = 0):
+        """(per-head predictions, targets, masks (B, h, w)); ``mask`` drawn from ``seed`` when
+        not given (the training step counter is left alone)."""
+        img = _single_view(inputs)
+        if mask is None:
+            mask = self.draw_masks(img.shape[0], seed, 0, 0)
+        preds = self.forward_masked(img, mask)
+        return preds, [head.construct_target(img) for head in self.head], mask

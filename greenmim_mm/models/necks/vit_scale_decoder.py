@@ -1,0 +1,95 @@
+"""LocalMIM's ViT decoder: a tiny MAE decoder, then a change of scale, then a 1x1 predictor."""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from mmcv.cnn import build_norm_layer
+from mmengine.model import BaseModule
+from mmpretrain.models.backbones.vision_transformer import TransformerEncoderLayer
+from mmpretrain.models.utils import LayerNorm2d
+
+from greenmim_mm.registry import MODELS
+
+from .grid_decoder import grid_sincos_embedding
+
+SCALES = (4.0, 2.0, 1.0, 0.5)
+
+
+def rescale_layers(scale: float, dims: int) -> nn.Sequential:
+    """localmim.md section 4 (ViT): x4 two 2x2 deconvolutions (dims -> dims/2, channel
+    LayerNorm, GELU, -> dims/4), x2 one (dims -> dims/2), x1 nothing, x0.5 2x2 average pool."""
+    if scale == 4:
+        return nn.Sequential(nn.ConvTranspose2d(dims, dims // 2, 2, 2), LayerNorm2d(dims // 2),
+                             nn.GELU(), nn.ConvTranspose2d(dims // 2, dims // 4, 2, 2))
+    if scale == 2:
+        return nn.Sequential(nn.ConvTranspose2d(dims, dims // 2, 2, 2))
+    if scale == 1:
+        return nn.Sequential()
+    if scale == 0.5:
+        return nn.Sequential(nn.AvgPool2d(2, 2))
+    raise ValueError(f'scale must be one of {SCALES}; got {scale!r}')
+
+
+@MODELS.register_module()
+class LocalMIMViTDecoder(BaseModule):
+    """One LocalMIM ViT head's decoder (localmim.md section 4): per-head LayerNorm (eps 1e-6) ->
+    Linear embed -> visible tokens at their own patches (per sample, raster order), learned mask
+    token elsewhere, cls token kept, fixed 2-D sin-cos position (zero for cls, as MAE) -> ``depth``
+    transformer blocks -> LayerNorm -> cls dropped, tokens as a (h, w) map -> rescale by
+    ``scale`` -> 1x1 convolution to ``pred_dims``.
+
+    Args:
+        in_channels (int): encoder width. pred_dims (int): target values per cell.
+        scale (float): 4, 2, 1 or 0.5: the target grid is ``scale`` x the patch grid.
+        embed_dims, depth, num_heads, mlp_ratio: the transformer (LocalMIM: 256, 1, 8, 4).
+
+    forward(tokens (B, 1 + N_vis, C), mask (B, h, w) bool, True = masked)
+        -> (B, (scale*h) * (scale*w), pred_dims), cells in raster order.
+    """
+
+    def __init__(self, in_channels: int, pred_dims: int, scale: float, embed_dims: int = 256,
+                 depth: int = 1, num_heads: int = 8, mlp_ratio: float = 4.,
+                 norm_cfg: dict = dict(type='LN', eps=1e-6), init_cfg: Optional[dict] = None):
+        super().__init__(init_cfg=init_cfg)
+        if embed_dims % 4:
+            raise ValueError(f'embed_dims must be divisible by 4; got {embed_dims}')
+        self.scale = float(scale)
+        self.pred_dims = int(pred_dims)
+        self.rescale = rescale_layers(self.scale, embed_dims)
+        out_dims = {4.0: embed_dims // 4, 2.0: embed_dims // 2}.get(self.scale, embed_dims)
+        self.in_norm = build_norm_layer(norm_cfg, in_channels)[1]
+        self.decoder_embed = nn.Linear(in_channels, embed_dims)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dims))
+        self.decoder_blocks = nn.ModuleList([
+            TransformerEncoderLayer(embed_dims, num_heads, int(mlp_ratio * embed_dims),
+                                    qkv_bias=True, norm_cfg=norm_cfg) for _ in range(depth)
+        ])
+        self.decoder_norm = build_norm_layer(norm_cfg, embed_dims)[1]
+        self.decoder_pred = nn.Conv2d(out_dims, self.pred_dims, 1)
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        nn.init.normal_(self.mask_token, std=.02)
+
+    def place(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + N_vis, D) + mask (B, h, w) -> (B, 1 + h*w, D) with positions added."""
+        b, _, d = tokens.shape
+        hidden = mask.flatten(1).to(tokens.device)
+        if int((~hidden[0]).sum()) != tokens.shape[1] - 1:
+            raise ValueError(f'{tokens.shape[1] - 1} visible tokens for a mask with '
+                             f'{int((~hidden[0]).sum())} visible patches per sample')
+        grid = tokens.new_zeros(b, hidden.shape[1], d).masked_scatter(
+            ~hidden[..., None], tokens[:, 1:])
+        grid = torch.where(hidden[..., None], self.mask_token.to(tokens.dtype), grid)
+        pos = grid_sincos_embedding(tuple(mask.shape[1:]), d).to(tokens)
+        return torch.cat((tokens[:, :1], grid + pos[None]), dim=1)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.place(self.decoder_embed(self.in_norm(tokens)), mask)
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        x = self.decoder_norm(x)[:, 1:]
+        b, _, d = x.shape
+        h, w = mask.shape[1:]
+        x = self.rescale(x.transpose(1, 2).reshape(b, d, h, w))
+        return self.decoder_pred(x).flatten(2).transpose(1, 2)
