@@ -176,6 +176,16 @@ def test_hog_equals_mmpretrain_hog_generator_without_gaussian_window():
     torch.testing.assert_close(LocalMIMHOGGenerator(8, nbins=9)(imgs), ref, rtol=0, atol=1e-6)
 
 
+def test_hog_gradients_are_mmpretrains_sobel_convolution():
+    gen = LocalMIMHOGGenerator(8)
+    x = torch.randn(2, 3, 16, 24)
+    pad = torch.nn.functional.pad(x, (1, 1, 1, 1), mode='reflect')
+    gx, gy = gen.gradients(x)
+    for got, kernel in ((gx, gen.weight_x), (gy, gen.weight_y)):
+        ref = torch.nn.functional.conv2d(pad, kernel, groups=3)
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize('nbins', [9, 18])
 def test_one_vertical_edge_puts_all_magnitude_into_one_bin(nbins):
     """Left half dark, right half bright: gy = 0 everywhere, gx != 0 only beside the edge, so
@@ -183,9 +193,11 @@ def test_one_vertical_edge_puts_all_magnitude_into_one_bin(nbins):
     img = torch.full((1, 3, 16, 16), -1.0)
     img[..., 6:] = 1.5
     gen = LocalMIMHOGGenerator(8, nbins=nbins)
-    pixel = gen.pixel_histograms(img)
-    per_bin = pixel.sum(dim=(0, 1, 3, 4))
-    assert per_bin[nbins // 2] > 0 and per_bin.sum() == per_bin[nbins // 2]
+    magnitude, bins = gen.magnitude_and_bins(img)
+    edge_pixels = magnitude > 0
+    assert edge_pixels.any() and torch.equal(edge_pixels.nonzero()[:, 3].unique(),
+                                             torch.tensor([5, 6]))
+    assert torch.equal(bins[edge_pixels].unique(), torch.tensor([nbins // 2]))
     hog = gen(img).view(2, 2, 3, nbins)
     edge, flat = hog[:, 0], hog[:, 1]  # the edge (columns 5, 6) lies in the left cells
     expected = torch.zeros(nbins)
