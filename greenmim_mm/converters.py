@@ -10,6 +10,15 @@ Sources (``SOURCES``):
   timm checkpoints: neighbours in Swin's order (0,0),(1,0),(0,1),(1,1).
 * ``timm``: timm >= 0.6 Swin state dicts (downsample at the start of stage i); an old
   Microsoft-format one (downsample at the end) is converted as ``official-g3``.
+* ``localmim``: our LocalMIM pre-training checkpoint: ``backbone.*`` without the per-head
+  LayerNorms of outputs taken after patch merging (``norm{i}`` wider than stage i); decoders,
+  heads, target generators dropped.
+* ``localmim-official-swin``: official LocalMIM Swin (localmim.md section 10): Microsoft keys under
+  ``encoder.``, per-head norms ``encoder.norm.{k}``, ``decoder.*`` and ``hog_enc.*`` dropped; its
+  sparse PatchMerging concatenates the 2x2 neighbours row-first (section 6.3), reordered as
+  ``official-g1``.
+* ``localmim-official-vit``: official LocalMIM ViT (timm/MAE keys) -> mmpretrain
+  ``VisionTransformer`` (``backbone.layers.{i}...``); per-head norms, decoders, HOG dropped.
 
 Output: ``{'state_dict': {'backbone.<key>': tensor}}`` in mmpretrain's ``SwinTransformer`` layout,
 PatchMerging channels in mmcv's ``nn.Unfold`` order (input channel ``4 * c + k`` with neighbours
@@ -35,7 +44,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-SOURCES = ('greenmim_mm', 'official-g1', 'official-g3', 'timm')
+SOURCES = ('greenmim_mm', 'official-g1', 'official-g3', 'timm', 'localmim',
+           'localmim-official-swin', 'localmim-official-vit')
 
 # For each of our (mmcv Unfold) neighbours (0,0),(0,1),(1,0),(1,1): its position in the
 # source's neighbour-major 4C concatenation.
@@ -368,8 +378,18 @@ def convert_checkpoint(ckpt: dict, src: str, window: Optional[int] = None,
     if window is not None and stage_windows is not None:
         raise ConversionError('give either window or stage_windows, not both')
     notes = []
+    if src == 'localmim-official-vit':
+        if window is not None or stage_windows is not None:
+            raise ConversionError('--src localmim-official-vit: a ViT has no windows to set')
+        sd, dropped = convert_localmim_vit(ckpt)
+        notes += [f'dropped: {summarize_dropped(dropped)}'] if dropped else []
+        return {f'backbone.{k}': v.contiguous() for k, v in sd.items()}, notes
     if src == 'greenmim_mm':
         sd, dropped = greenmim_mm_backbone(ckpt)
+    elif src == 'localmim':
+        sd, dropped = localmim_backbone(ckpt)
+    elif src == 'localmim-official-swin':
+        sd, dropped = convert_localmim_swin(ckpt)
     elif src == 'timm':
         sd, dropped, microsoft = convert_timm(ckpt)
         if microsoft:
@@ -414,3 +434,81 @@ def convert_file(in_path: str, out_path: str, src: str, window: Optional[int] = 
                               f'(errno {err.errno}); nothing was written, an existing '
                               f'{osp.basename(out_path)} is unchanged') from None
     return notes
+
+
+# ---------------------------------------------------------------------------- LocalMIM
+def localmim_backbone(ckpt: dict) -> Tuple[dict, List[str]]:
+    """Backbone weights of our LocalMIM checkpoint.
+
+    LocalMIM's per-head LayerNorms are the backbone's ``norm{i}`` of outputs taken after patch
+    merging (``out_after_downsample``): ``norm{i}`` is then as wide as stage i+1, not stage i,
+    and means something else than a downstream ``norm{i}`` (before merging), so it is dropped. A
+    last-stage norm (no merging after it) is kept, as for GreenMIM.
+    """
+    sd, dropped = greenmim_mm_backbone(ckpt)
+    for key in [k for k in sd if re.fullmatch(r'norm\d+\.(weight|bias)', k)]:
+        stage = int(key[4:key.index('.')])
+        width = sd.get(f'stages.{stage}.blocks.0.norm1.weight')
+        if width is None or width.shape != sd[key].shape:
+            dropped.append(f'backbone.{key}')
+            del sd[key]
+    return sd, dropped
+
+
+def convert_localmim_swin(ckpt: dict) -> Tuple[dict, List[str]]:
+    """Official LocalMIM Swin -> ours: ``encoder.*`` kept without its per-head norms
+    ``encoder.norm.{k}``; row-first PatchMerging channels reordered (``official-g1``)."""
+    sd, dropped = official_state_dict(ckpt)
+    heads = [k for k in sd if re.match(r'norm\.\d+\.', k)]
+    dropped += [f'encoder.{k}' for k in heads]
+    sd = {k: v for k, v in sd.items() if k not in heads}
+    sd, more = rename_swin(sd, 'localmim-official-swin', MERGE_ORDERS['official-g1'],
+                           downsample_shift=0)
+    return sd, dropped + more
+
+
+# timm/MAE ViT block keys -> mmpretrain VisionTransformer (after ``blocks.{i}.`` / ``layers.{i}.``).
+_VIT_BLOCK_KEYS = {
+    'norm1': 'ln1', 'attn.qkv': 'attn.qkv', 'attn.proj': 'attn.proj', 'norm2': 'ln2',
+    'mlp.fc1': 'ffn.layers.0.0', 'mlp.fc2': 'ffn.layers.1',
+}
+
+
+def convert_localmim_vit(ckpt: dict) -> Tuple[dict, List[str]]:
+    """Official LocalMIM ViT (timm/MAE keys, ``checkpoint['model']``) -> mmpretrain
+    ``VisionTransformer`` keys. Kept: cls token, position embedding (with its cls slot, as
+    mmpretrain's), patch embedding, blocks, and a final ``norm`` (as ``ln1``) if there is one;
+    dropped: per-head norms ``norm.{k}``, decoders, HOG, mask token. Any other key is an error.
+    """
+    sd, where = _unwrap(ckpt)
+    sd = _strip_prefix(_tensor_dict(sd, where), 'module.')
+    if 'patch_embed.proj.weight' not in sd or not any(k.startswith('blocks.') for k in sd):
+        raise _layout_error('localmim-official-vit', "timm/MAE ViT keys 'patch_embed.proj.weight', "
+                            "'blocks.{i}.attn.qkv.weight', ... in checkpoint['model']", sd)
+    out, dropped, unknown = {}, [], []
+    for key, value in sd.items():
+        new = _vit_key(key)
+        if new is not None:
+            out[new] = value
+        elif re.match(r'(norm\.\d+\.|decoder|hog_enc|mask_token)', key):
+            dropped.append(key)
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ConversionError('--src localmim-official-vit: keys with no counterpart in the '
+                              f'mmpretrain ViT layout: {_sample(unknown)}')
+    return out, dropped
+
+
+def _vit_key(key: str) -> Optional[str]:
+    """mmpretrain ViT name of one timm/MAE key, None when it has none."""
+    if key in ('cls_token', 'pos_embed'):
+        return key
+    m = re.fullmatch(r'patch_embed\.proj\.(weight|bias)', key)
+    if m:
+        return f'patch_embed.projection.{m.group(1)}'
+    m = re.fullmatch(r'blocks\.(\d+)\.(.+)\.(weight|bias)', key)
+    if m and m.group(2) in _VIT_BLOCK_KEYS:
+        return f'layers.{m.group(1)}.{_VIT_BLOCK_KEYS[m.group(2)]}.{m.group(3)}'
+    m = re.fullmatch(r'norm\.(weight|bias)', key)
+    return f'ln1.{m.group(1)}' if m else None

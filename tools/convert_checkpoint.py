@@ -3,6 +3,8 @@
     python tools/convert_checkpoint.py --src greenmim_mm work_dirs/pretrain/epoch_800.pth out.pth
     python tools/convert_checkpoint.py --src official-g1 greenmim_swin_base.pth out.pth --window 7
     python tools/convert_checkpoint.py --src timm swin_tiny.pth out.pth --stage-windows 14,14,14,7
+    python tools/convert_checkpoint.py --src localmim work_dirs/localmim/epoch_400.pth out.pth
+    python tools/convert_checkpoint.py --src localmim-official-vit localmim_vit_base.pth out.pth
 
 Writes ``{'state_dict': {'backbone.<key>': tensor}}`` (weights only). Load it with
 ``init_cfg=dict(type='Pretrained', checkpoint=OUT, prefix='backbone.')`` (greenmim_mm,
@@ -25,13 +27,16 @@ def parse_windows(text: str):
 
 
 def parse_args(argv=None):
-    sources = ('greenmim_mm', 'official-g1', 'official-g3', 'timm')
+    sources = ('greenmim_mm', 'official-g1', 'official-g3', 'timm', 'localmim',
+               'localmim-official-swin', 'localmim-official-vit')
     parser = argparse.ArgumentParser(
         description='Convert Swin weights (greenmim_mm pre-training, official GreenMIM, timm) '
         'to mmpretrain/mmdet backbone weights',
         epilog='official-g1: GreenMIM before commit b981012 (G1/G2, incl. the released '
         'checkpoints; row-first merge channels). official-g3: GreenMIM from b981012, Microsoft '
-        'Swin, SimMIM (Swin merge order). timm: timm >= 0.6 Swin state dicts.')
+        'Swin, SimMIM (Swin merge order). timm: timm >= 0.6 Swin state dicts. localmim: our '
+        'LocalMIM checkpoints. localmim-official-swin / -vit: the official LocalMIM checkpoints '
+        '(Swin: row-first merge channels; ViT: to mmpretrain VisionTransformer).')
     parser.add_argument('--src', required=True, choices=sources, help='source layout')
     parser.add_argument('input', help='source checkpoint')
     parser.add_argument('output', help='converted checkpoint to write')
