@@ -1,0 +1,74 @@
+"""Pictures of every LocalMIM head's prediction next to its target (pixels, or HOG glyphs).
+
+Pixel heads: predictions de-standardised with the original cells' mean/std when the target is
+norm-pix (as MAE's demo), then shown as images. HOG heads: each cell's histogram drawn as
+orientation glyphs by mmpretrain's ``HOGGenerator.generate_hog_image`` (line length and
+brightness follow the bin value, averaged over the colour channels).
+"""
+from typing import List, Tuple
+
+import numpy as np
+import torch
+
+from greenmim_mm.models.target_generators import LocalMIMHOGGenerator, PixelTargetGenerator
+from greenmim_mm.models.utils import denormalize_units, patchify, unpatchify
+
+
+def to_uint8(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> np.ndarray:
+    """Normalised (N, 3, H, W) -> (N, H, W, 3) uint8 in the preprocessor's colour order."""
+    x = x.float().cpu() * std.view(-1, 1, 1).cpu() + mean.view(-1, 1, 1).cpu()
+    return x.clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def hog_glyphs(gen: LocalMIMHOGGenerator, cells: torch.Tensor, img_hw) -> np.ndarray:
+    """(N, L, 3 * nbins) HOG cells -> (N, H, W, 3) uint8 glyph pictures."""
+    h, w = img_hw[0] // gen.cell, img_hw[1] // gen.cell
+    gen.h, gen.w = int(img_hw[0]), int(img_hw[1])  # generate_hog_image reads these
+    out = []
+    for sample in cells.float().cpu():
+        hist = sample.view(h, w, 3, gen.nbins).permute(2, 3, 0, 1)[None]
+        glyph = gen.generate_hog_image(hist.clamp(min=0))
+        out.append(np.repeat(np.clip(glyph, 0, 255).astype(np.uint8)[..., None], 3, -1))
+    return np.stack(out)
+
+
+def pixel_picture(gen: PixelTargetGenerator, cells: torch.Tensor, imgs: torch.Tensor,
+                  mean: torch.Tensor, std: torch.Tensor) -> np.ndarray:
+    """(N, L, cell²·3) predictions or targets -> (N, H, W, 3) uint8 pictures."""
+    cells = cells.float().cpu()
+    imgs = imgs.float().cpu()
+    if gen.norm_pix:
+        cells = denormalize_units(cells, patchify(imgs, gen.cell), gen.eps)
+    grid = (imgs.shape[-2] // gen.cell, imgs.shape[-1] // gen.cell)
+    return to_uint8(unpatchify(cells, grid, gen.cell), mean, std)
+
+
+def head_pictures(model, imgs: torch.Tensor, seed: int = 0
+                  ) -> Tuple[List[Tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """A LocalMIM model (Swin or ViT) and normalised images (N, 3, H, W) ->
+    ([(prediction, target) (N, H, W, 3) uint8 per head], masked pixels (N, H, W, 1) bool)."""
+    preds, targets, mask = model.predict_heads(imgs, seed=seed)
+    pre = model.data_preprocessor
+    panels = []
+    for head, pred, target in zip(model.head, preds, targets):
+        gen = head.target_generator
+        if isinstance(gen, LocalMIMHOGGenerator):
+            panels.append((hog_glyphs(gen, pred, imgs.shape[-2:]),
+                           hog_glyphs(gen, target, imgs.shape[-2:])))
+        elif isinstance(gen, PixelTargetGenerator):
+            panels.append((pixel_picture(gen, pred, imgs, pre.mean, pre.std),
+                           pixel_picture(gen, target, imgs, pre.mean, pre.std)))
+        else:
+            raise ValueError(f'no picture for target generator {type(gen).__name__}')
+    return panels, pixel_mask(mask, imgs.shape)
+
+
+def pixel_mask(mask: torch.Tensor, img_shape) -> np.ndarray:
+    """Unit mask (Hu, Wu) (shared) or per-sample patch masks (N, h, w) -> (N, H, W, 1) bool."""
+    n, _, height, width = img_shape
+    m = mask.cpu()
+    if m.dim() == 2:
+        m = m[None].expand(n, -1, -1)
+    fy, fx = height // m.shape[-2], width // m.shape[-1]
+    m = m.repeat_interleave(fy, 1).repeat_interleave(fx, 2)
+    return m.numpy()[..., None]

@@ -1,0 +1,53 @@
+"""Pictures of LocalMIM heads: pixel pictures invert the target, HOG glyphs, the tool's grid."""
+import os.path as osp
+import sys
+
+import numpy as np
+import torch
+from mmengine.config import Config
+
+import greenmim_mm  # noqa: F401
+from greenmim_mm.localmim_visualization import hog_glyphs, pixel_picture, to_uint8
+from greenmim_mm.models.target_generators import LocalMIMHOGGenerator, PixelTargetGenerator
+from greenmim_mm.registry import MODELS
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DEMO_CFG = osp.join(ROOT, 'configs', 'pretrain', 'localmim_swin-nano_demo_128px.py')
+MEAN, STD = torch.tensor([123.675, 116.28, 103.53]), torch.tensor([58.395, 57.12, 57.375])
+
+
+def test_pixel_picture_of_the_target_is_the_image():
+    imgs = (torch.rand(2, 3, 32, 32) * 255 - MEAN.view(-1, 1, 1)) / STD.view(-1, 1, 1)
+    for norm_pix in (True, False):
+        gen = PixelTargetGenerator(8, norm_pix=norm_pix)
+        got = pixel_picture(gen, gen(imgs), imgs, MEAN, STD).astype(int)
+        assert np.abs(got - to_uint8(imgs, MEAN, STD).astype(int)).max() <= 1
+
+
+def test_hog_glyphs_draw_only_where_there_are_gradients():
+    img = torch.full((1, 3, 32, 32), -1.0)
+    img[..., 10:] = 1.0  # one vertical edge in the left cells
+    gen = LocalMIMHOGGenerator(16, nbins=9)
+    glyphs = hog_glyphs(gen, gen(img), (32, 32))
+    assert glyphs.shape == (1, 32, 32, 3) and glyphs.dtype == np.uint8
+    assert glyphs[0, :, :16].max() > 0 and glyphs[0, :, 16:].max() == 0
+
+
+def test_tool_draws_every_head(demo_data_factory, tmp_path):
+    data = demo_data_factory('lm_vis', train_per_class=1, val_per_class=1)
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    import visualize_localmim as vis
+    cfg = Config.fromfile(DEMO_CFG)
+    cfg.model.backbone.arch = dict(embed_dims=32, depths=[1, 1, 1, 1], num_heads=[2, 4, 4, 8])
+    cfg.model.backbone.attn_backend = 'sdpa'
+    cfg.model.heads[1].target_generator = dict(type='PixelTargetGenerator', cell=16)
+    cfg.model.necks[1].pred_dims = 768
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    ckpt, cfg_file, out = (str(tmp_path / n) for n in ('m.pth', 'cfg.py', 'heads.png'))
+    torch.save(dict(state_dict=model.state_dict()), ckpt)
+    cfg.dump(cfg_file)
+    vis.main([cfg_file, ckpt, '--out', out, '--num', '2', '--data-root', data])
+    from PIL import Image
+    picture = Image.open(out)
+    assert picture.size == (2 * (128 + 2) + 2, (2 + 2 * 4) * (128 + 2) + 2)

@@ -1,0 +1,63 @@
+"""Draw every LocalMIM head's prediction and target for a checkpoint.
+
+``python tools/visualize_localmim.py CONFIG CHECKPOINT --out heads.png [--num 4]``
+
+Columns: images (the config's training images, evenly spaced, resized and centre-cropped, as
+tools/visualize_reconstruction.py). Rows: original, masked input (masked units grey), then per
+head its prediction and its target (pixels, or HOG orientation glyphs). One mask from ``--seed``.
+"""
+import argparse
+
+import numpy as np
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from PIL import Image
+from torchvision.utils import make_grid
+
+from visualize_reconstruction import GREY, build_model, load_batch
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Visualise LocalMIM head predictions')
+    parser.add_argument('config', help='the LocalMIM config the checkpoint was trained with')
+    parser.add_argument('checkpoint', help='a LocalMIM checkpoint (.pth)')
+    parser.add_argument('--out', default='localmim_heads.png', help='output PNG')
+    parser.add_argument('--num', type=int, default=4, help='number of images (columns)')
+    parser.add_argument('--data-root', help="override the dataset's data_root")
+    parser.add_argument('--seed', type=int, default=0, help='seed of the mask')
+    parser.add_argument('--device', default='cpu')
+    args = parser.parse_args(argv)
+    if args.num < 1:
+        parser.error(f'--num must be at least 1; got {args.num}')
+    return args
+
+
+@torch.no_grad()
+def visualize(cfg: Config, checkpoint: str, num: int = 4, data_root=None, seed: int = 0,
+              device: str = 'cpu') -> Image.Image:
+    from greenmim_mm.localmim_visualization import head_pictures, to_uint8
+    init_default_scope(cfg.get('default_scope', 'greenmim_mm'))
+    model = build_model(cfg, checkpoint, device)
+    img_size = int(cfg.model.backbone.get('img_size', 224))
+    data = model.data_preprocessor(load_batch(cfg, num, img_size, data_root), False)
+    imgs = data['inputs'][0] if isinstance(data['inputs'], list) else data['inputs']
+    panels, hidden = head_pictures(model, imgs, seed=seed)
+    original = to_uint8(imgs, model.data_preprocessor.mean, model.data_preprocessor.std)
+    rows = [original, np.where(hidden, np.uint8(GREY), original)]
+    rows += [picture for pair in panels for picture in pair]
+    tiles = torch.from_numpy(np.concatenate(rows)).permute(0, 3, 1, 2)
+    grid = make_grid(tiles, nrow=len(original), padding=2, pad_value=255)
+    return Image.fromarray(grid.permute(1, 2, 0).numpy())
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    picture = visualize(Config.fromfile(args.config), args.checkpoint, args.num, args.data_root,
+                        args.seed, args.device)
+    picture.save(args.out)
+    print(f'{args.out}: {picture.size[0]}x{picture.size[1]} px')
+
+
+if __name__ == '__main__':
+    main()
