@@ -12,17 +12,10 @@ import torch.nn.functional as F
 
 from greenmim_mm.converters import ConversionError, convert_checkpoint
 from greenmim_mm.models import GreenSwinTransformer
+from test_convert_checkpoint import one_thread  # noqa: F401 (autouse: one intra-op thread)
 from test_convert_checkpoint import (TINY, TOL, check_against_timm, convert, randomize,
                                      stripped, timm_to_microsoft, tiny_timm)
 from test_localmim import tiny_localmim
-
-
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------- ours

@@ -23,34 +23,15 @@ from greenmim_mm.models.necks.grid_decoder import grid_sincos_embedding
 from greenmim_mm.models.target_generators import LocalMIMHOGGenerator, PixelTargetGenerator
 from greenmim_mm.ops import random_unit_mask, upsample_mask
 from greenmim_mm.registry import MODELS
+from test_convert_checkpoint import one_thread  # noqa: F401 (autouse: one intra-op thread)
 from test_green_swin import make_mask, make_model, max_diff, ref_window_msa
+from test_greenmim import raster_placement
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------- decoder
-def raster_placement(latent, mask):
-    """Reference: walk the grid in raster order, taking the next latent at each visible cell."""
-    b, _, d = latent.shape
-    out = torch.zeros(b, mask.numel(), d, dtype=latent.dtype)
-    k = 0
-    for u, hidden in enumerate(mask.flatten().tolist()):
-        if not hidden:
-            out[:, u] = latent[:, k]
-            k += 1
-    assert k == latent.shape[1]
-    return out
-
-
 @pytest.mark.parametrize('units,factor', [((2, 2), 4), ((2, 3), 2), ((3, 3), 1)])
 def test_grid_decoder_places_every_visible_token_at_its_own_cell(units, factor):
     """On a stage grid (the unit mask repeated ``factor`` times): placement = raster walk + the

@@ -20,18 +20,11 @@ from greenmim_mm.models.backbones.localmim_vit import random_patch_masks
 from greenmim_mm.models.necks import LocalMIMViTDecoder
 from greenmim_mm.models.necks.grid_decoder import grid_sincos_embedding
 from greenmim_mm.registry import MODELS
+from test_convert_checkpoint import one_thread  # noqa: F401 (autouse: one intra-op thread)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ARCH = dict(embed_dims=32, num_layers=4, num_heads=2, feedforward_channels=64)
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
-
-
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_visible_path_equals_mmpretrain_maevit_up_to_token_order():

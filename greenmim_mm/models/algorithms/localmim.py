@@ -71,16 +71,20 @@ class LocalMIM(GreenMIM):
         super().__init__(backbone=backbone, neck=necks, head=heads, mask_ratio=mask_ratio,
                          mask_seed=mask_seed, pretrained=pretrained,
                          data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        self.strides = out_strides(self.backbone)
-        num = len(self.strides)
+        num = len(self.backbone.out_indices)
         weights = [1.0] * num if loss_weights is None else [float(w) for w in loss_weights]
         if not len(necks) == len(heads) == len(weights) == num:
-            raise ValueError(f'LocalMIM needs one decoder, head and loss weight per backbone '
-                             f'output: {num} outputs (out_indices '
+            raise ValueError(f'{type(self).__name__} needs one decoder, head and loss weight per '
+                             f'backbone output: {num} outputs (out_indices '
                              f'{tuple(self.backbone.out_indices)}), {len(necks)} necks, '
                              f'{len(heads)} heads, {len(weights)} loss_weights')
         self.loss_weights = weights
-        self.grid_factors = [self._grid_factor(k) for k in range(num)]
+        self._check_heads()
+
+    def _check_heads(self) -> None:
+        """Swin: every head's cell is its output's stride, a divisor of the mask unit."""
+        self.strides = out_strides(self.backbone)
+        self.grid_factors = [self._grid_factor(k) for k in range(len(self.strides))]
 
     def _grid_factor(self, k: int) -> int:
         """How many cells of head k's grid one mask unit spans per side (unit / stride)."""
@@ -98,8 +102,17 @@ class LocalMIM(GreenMIM):
         return self.unit // stride
 
     def head_masks(self, mask: torch.Tensor) -> List[torch.Tensor]:
-        """Unit mask (Hu, Wu) -> every head's cell mask (Hu*f_k, Wu*f_k), bool, True = masked."""
+        """Unit mask (Hu, Wu) -> every head's cell mask (Hu*f_k, Wu*f_k), bool, True = masked
+        (its loss weights)."""
         return [upsample_mask(mask, f) for f in self.grid_factors]
+
+    def step_mask(self, img: torch.Tensor) -> torch.Tensor:
+        """This training step's mask for a batch ``img`` (advances the step)."""
+        return self.next_mask(img.shape[-2:])
+
+    def seeded_mask(self, img: torch.Tensor, seed: int) -> torch.Tensor:
+        """The mask of ``seed`` for a batch ``img`` (step 0, rank 0; no state change)."""
+        return draw_unit_mask(unit_grid(img.shape[-2:], self.unit), self.mask_ratio, seed, 0, 0)
 
     def forward_masked(self, img: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
         """img (B, C, H, W), mask (Hu, Wu) -> per head (B, L_k, D_k) predictions of every cell."""
@@ -112,7 +125,7 @@ class LocalMIM(GreenMIM):
         """inputs: normalised images (B, C, H, W) -> {'loss_k': weighted loss of head k}
         (mmengine sums every 'loss*' entry)."""
         img = _single_view(inputs)
-        mask = self.next_mask(img.shape[-2:])
+        mask = self.step_mask(img)
         preds = self.forward_masked(img, mask)
         return {f'loss_{k}': w * head.loss(pred, img, cells) for k, (w, head, pred, cells) in
                 enumerate(zip(self.loss_weights, self.head, preds, self.head_masks(mask)))}
@@ -126,12 +139,11 @@ class LocalMIM(GreenMIM):
     def predict_heads(self, inputs: Union[torch.Tensor, List[torch.Tensor]],
                       mask: Optional[torch.Tensor] = None, seed: int = 0):
         """For visualisation: (per-head predictions [(B, L_k, D_k)], targets [(B, L_k, D_k)],
-        unit mask (Hu, Wu)). Without ``mask`` one is drawn from ``seed`` (the training step
-        counter is left alone)."""
+        mask). Without ``mask`` one is drawn from ``seed`` (the training step counter is left
+        alone)."""
         img = _single_view(inputs)
         if mask is None:
-            mask = draw_unit_mask(unit_grid(img.shape[-2:], self.unit), self.mask_ratio,
-                                  seed, 0, 0)
+            mask = self.seeded_mask(img, seed)
         preds = self.forward_masked(img, mask)
         targets = [head.construct_target(img) for head in self.head]
         return preds, targets, mask

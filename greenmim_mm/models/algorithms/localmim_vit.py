@@ -1,8 +1,7 @@
 """LocalMIM on a columnar ViT (localmim.md sections 2.1, 3.1, 4, 5, 6.1)."""
-from typing import Dict, List, Optional, Sequence, Union
+from typing import List
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.dist import get_rank
 
@@ -10,7 +9,8 @@ from greenmim_mm.models.backbones.localmim_vit import random_patch_masks
 from greenmim_mm.ops.masking import check_mask_ratio
 from greenmim_mm.registry import MODELS
 
-from .greenmim import GreenMIM, _build, _single_view, mask_generator_seed
+from .greenmim import mask_generator_seed
+from .localmim import LocalMIM
 
 
 def cell_weights(mask: torch.Tensor, scale: float) -> torch.Tensor:
@@ -25,7 +25,7 @@ def cell_weights(mask: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 @MODELS.register_module()
-class LocalMIMViT(GreenMIM):
+class LocalMIMViT(LocalMIM):
     """LocalMIM pre-training of a ViT (mmpretrain ``MAEViT`` through ``LocalMIMMAEViT``).
 
     Per-sample MAE masking of the 16-px patches (ratio 0.75), drawn from a generator seeded by
@@ -36,32 +36,14 @@ class LocalMIMViT(GreenMIM):
     compares with the target at cell = patch / scale (4/8/16/32 px), weighted by
     :func:`cell_weights`. Loss = sum_k loss_weights[k] * loss_k (logged per head).
 
-    Args:
-        backbone (dict): ``LocalMIMMAEViT`` backbone with one out index per head.
-        necks, heads (list[dict]): one decoder / head per out index.
-        loss_weights (list[float], optional): default all 1.
-        mask_ratio, mask_seed, pretrained, data_preprocessor, init_cfg: as ``GreenMIM``.
+    Args: as ``LocalMIM``; ``backbone`` is a ``LocalMIMMAEViT`` with one out index per head,
+    ``necks`` are ``LocalMIMViTDecoder``.
     """
 
-    def __init__(self, backbone: dict, necks: Sequence[dict], heads: Sequence[dict],
-                 loss_weights: Optional[Sequence[float]] = None, mask_ratio: float = 0.75,
-                 mask_seed: Optional[int] = None, pretrained: Optional[str] = None,
-                 data_preprocessor: Optional[Union[dict, nn.Module]] = None,
-                 init_cfg: Optional[Union[dict, List[dict]]] = None):
-        necks = nn.ModuleList([_build(c) for c in necks])
-        heads = nn.ModuleList([_build(c) for c in heads])
-        super().__init__(backbone=backbone, neck=necks, head=heads, mask_ratio=mask_ratio,
-                         mask_seed=mask_seed, pretrained=pretrained,
-                         data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        num = len(self.backbone.out_indices)
-        weights = [1.0] * num if loss_weights is None else [float(w) for w in loss_weights]
-        if not len(necks) == len(heads) == len(weights) == num:
-            raise ValueError(f'LocalMIMViT needs one decoder, head and loss weight per backbone '
-                             f'output: {num} out_indices, {len(necks)} necks, {len(heads)} '
-                             f'heads, {len(weights)} loss_weights')
-        self.loss_weights = weights
+    def _check_heads(self) -> None:
+        """Every head's cell x its decoder's scale is the patch; widths match the targets."""
         patch = int(self.backbone.patch_embed.projection.stride[0])
-        for k, (neck, head) in enumerate(zip(necks, heads)):
+        for k, (neck, head) in enumerate(zip(self.neck, self.head)):
             if head.cell * neck.scale != patch:
                 raise ValueError(f'head {k}: target cell {head.cell} px x decoder scale '
                                  f'{neck.scale} is not the {patch}-px patch')
@@ -80,6 +62,16 @@ class LocalMIMViT(GreenMIM):
         return random_patch_masks(batch, h * w, check_mask_ratio(self.mask_ratio), gen).view(
             batch, h, w)
 
+    def step_mask(self, img: torch.Tensor) -> torch.Tensor:
+        return self.next_mask(img.shape[0])
+
+    def seeded_mask(self, img: torch.Tensor, seed: int) -> torch.Tensor:
+        return self.draw_masks(img.shape[0], seed, 0, 0)
+
+    def head_masks(self, mask: torch.Tensor) -> List[torch.Tensor]:
+        """Patch masks (B, h, w) -> every head's cell weights (:func:`cell_weights`)."""
+        return [cell_weights(mask, neck.scale) for neck in self.neck]
+
     def next_mask(self, batch: int) -> torch.Tensor:
         """This step's masks for this rank (CPU bool (B, h, w)); advances the step."""
         if self.base_seed is None:
@@ -93,25 +85,3 @@ class LocalMIMViT(GreenMIM):
         """img (B, C, H, W), mask (B, h, w) -> per head (B, L_k, D_k) predictions."""
         feats = self.backbone(img, mask=mask.flatten(1))
         return [neck(feat, mask) for neck, feat in zip(self.neck, feats)]
-
-    def loss(self, inputs: Union[torch.Tensor, List[torch.Tensor]],
-             data_samples: Optional[list] = None, **kwargs) -> Dict[str, torch.Tensor]:
-        img = _single_view(inputs)
-        mask = self.next_mask(img.shape[0])
-        preds = self.forward_masked(img, mask)
-        return {f'loss_{k}': w * head.loss(pred, img, cell_weights(mask, neck.scale))
-                for k, (w, neck, head, pred) in
-                enumerate(zip(self.loss_weights, self.neck, self.head, preds))}
-
-    def reconstruct(self, *args, **kwargs):
-        raise NotImplementedError('LocalMIM has one prediction per head: use predict_heads()')
-
-    @torch.no_grad()
-    def predict_heads(self, inputs, mask: Optional[torch.Tensor] = None, seed: int = 0):
-        """(per-head predictions, targets, masks (B, h, w)); ``mask`` drawn from ``seed`` when
-        not given (the training step counter is left alone)."""
-        img = _single_view(inputs)
-        if mask is None:
-            mask = self.draw_masks(img.shape[0], seed, 0, 0)
-        preds = self.forward_masked(img, mask)
-        return preds, [head.construct_target(img) for head in self.head], mask
