@@ -36,6 +36,8 @@ def parse_args(argv=None):
     p.add_argument('--device', default='cpu')
     p.add_argument('--amp', action='store_true', help='bf16 autocast')
     p.add_argument('--backend', default='sdpa', choices=['sdpa', 'flex'])
+    p.add_argument('--no-memory', action='store_true',
+                   help='skip the memory pass (a child process per model on CPU)')
     p.add_argument('--only', default=None, help=argparse.SUPPRESS)  # child: memory of one model
     p.add_argument('--json', default=None, help='also write the results to this file')
     return p.parse_args(argv)
@@ -175,7 +177,8 @@ def main(argv=None):
         print(peak_rss_growth(lambda: step(x, [])))
         return None
     times = time_all(args)
-    memory = {name: peak_memory(args, name) for name in VARIANTS}
+    memory = {name: float('nan') if args.no_memory else peak_memory(args, name)
+              for name in VARIANTS}
     rows = report(args, times, memory)
     if args.json:
         with open(args.json, 'w') as f:
