@@ -453,3 +453,13 @@ def test_swin_base_config_builds_and_its_heads_fit():
     losses = model.loss(torch.randn(1, 3, 224, 224))
     assert sorted(losses) == ['loss_0', 'loss_1', 'loss_2', 'loss_3']
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_nano_demo_config_builds_and_steps():
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'pretrain', 'localmim_swin-nano_demo_128px.py'))
+    assert cfg.train_cfg.max_epochs == 6 and cfg.param_scheduler[1].end == 6
+    cfg.model.backbone.attn_backend = 'sdpa'
+    model = MODELS.build(cfg.model)
+    assert model.strides == [8, 16, 32, 32] and model.grid_factors == [4, 2, 1, 1]
+    losses = model.loss(torch.randn(2, 3, 128, 128))
+    assert sorted(losses) == ['loss_0', 'loss_1', 'loss_2', 'loss_3']
