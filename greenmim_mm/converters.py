@@ -450,7 +450,7 @@ def localmim_backbone(ckpt: dict) -> Tuple[dict, List[str]]:
         stage = int(key[4:key.index('.')])
         width = sd.get(f'stages.{stage}.blocks.0.norm1.weight')
         if width is None or width.shape != sd[key].shape:
-            dropped.append(f'backbone.{key}')
+            dropped.append(key)  # the backbone's norm{i}
             del sd[key]
     return sd, dropped
 
