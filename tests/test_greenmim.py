@@ -376,14 +376,14 @@ def tiny_demo_data(demo_data_factory):
     return demo_data_factory('data', train_per_class=4, val_per_class=1)
 
 
-def run_train(work_dir, data_root, epochs, resume=None, tag=''):
+def run_train(work_dir, data_root, epochs, resume=None, tag='', config=DEMO_CFG, options=()):
     """tools/train.py's config building, deterministic pipeline, LoggerHook interval 1."""
     import train
-    argv = [DEMO_CFG, '--work-dir', str(work_dir), '--cfg-options',
+    argv = [config, '--work-dir', str(work_dir), '--cfg-options',
             f'train_cfg.max_epochs={epochs}', 'train_dataloader.batch_size=4',
             f'train_dataloader.dataset.data_root={data_root}',
             'default_hooks.logger.interval=1', 'log_processor.window_size=1',
-            f'experiment_name=greenmim_resume_test{tag}']
+            f'experiment_name=greenmim_resume_test{tag}', *options]
     if resume:
         argv[3:3] = ['--resume', resume]
     cfg = train.build_config(train.parse_args(argv))
