@@ -7,6 +7,6 @@ apply_patches()
 
 from . import registry  # noqa: E402
 from .models import *  # noqa: E402,F401,F403
-from . import engine  # noqa: E402,F401
+from . import datasets, engine  # noqa: E402,F401
 
 __all__ = ['__version__', 'registry']

@@ -50,3 +50,25 @@ def test_ddp_demo_training_runs_two_cpu_processes(tmp_path):
     assert 'Distributed launcher: pytorch' in log and 'Distributed training: True' in log
     assert (work / 'epoch_1.pth').is_file()
     assert 'Epoch(train) [1][3/3]' in log  # 20 images / (2 ranks x 4) -> 3 iterations per rank
+
+
+def test_ddp_classifier_with_frozen_stages_trains(tmp_path):
+    """Issue 10 point 3: the demo classifier with model.backbone.frozen_stages=1 under 2-process
+    CPU DDP. mmpretrain froze only in train(), after DDP had registered the frozen parameters,
+    and the run died at iteration 2 ("Expected to have finished reduction ...")."""
+    sys.path.insert(0, str(REPO / 'tools'))
+    import make_demo_data
+    data = tmp_path / 'data'
+    make_demo_data.generate(str(data), size=128, train_per_class=4, val_per_class=1, det_train=1,
+                            det_val=1, verbose=False)
+    work = tmp_path / 'work'
+    run = torchrun([str(REPO / 'tools' / 'train.py'),
+                    str(REPO / 'configs' / 'finetune' / 'greenswin-nano_demo-cls_128px.py'),
+                    '--launcher', 'pytorch', '--work-dir', str(work), '--no-validate',
+                    '--cfg-options', f'train_dataloader.dataset.data_root={data}/',
+                    'model.backbone.frozen_stages=1', 'train_dataloader.batch_size=4',
+                    'train_cfg.max_epochs=1', 'default_hooks.logger.interval=1'], tmp_path)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-3000:]
+    assert 'Epoch(train) [1][3/3]' in log  # 20 images / (2 ranks x 4) -> 3 iterations per rank
+    assert (work / 'epoch_1.pth').is_file()

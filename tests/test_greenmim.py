@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 from mmengine.config import Config
+from mmengine.hooks import Hook
 
 import greenmim_mm  # noqa: F401
 from greenmim_mm.models.algorithms import GreenMIM, draw_unit_mask
@@ -21,7 +22,7 @@ from greenmim_mm.models.necks import LinearUnitDecoder, MAEUnitDecoder
 from greenmim_mm.models.necks.unit_decoder import unit_sincos_embedding
 from greenmim_mm.models.utils import patchify, unpatchify
 from greenmim_mm.ops import random_unit_mask
-from greenmim_mm.registry import MODELS
+from greenmim_mm.registry import HOOKS, MODELS
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_CFG = osp.join(ROOT, 'configs', 'pretrain', 'greenmim_swin-nano_demo_128px.py')
@@ -376,21 +377,47 @@ def tiny_demo_data(demo_data_factory):
     return demo_data_factory('data', train_per_class=4, val_per_class=1)
 
 
-def run_train(work_dir, data_root, epochs, resume=None, tag='', config=DEMO_CFG, options=()):
-    """tools/train.py's config building, deterministic pipeline, LoggerHook interval 1."""
+class Killed(RuntimeError):
+    """Stands for the run being killed (the process dies; nothing after it runs)."""
+
+
+@HOOKS.register_module(force=True)
+class KillAtIteration(Hook):
+    """Raise ``Killed`` at the start of training iteration ``iteration`` (1-based)."""
+
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if runner.iter + 1 == self.iteration:
+            raise Killed(f'killed in iteration {self.iteration}')
+
+
+def run_train(work_dir, data_root, epochs, resume=None, tag='', config=DEMO_CFG, options=(),
+              num_workers=0, kill_at=None):
+    """tools/train.py on ``config`` (default: the GreenMIM demo) with its shipped pipeline
+    (RandomResizedCrop + flip), batch 4, LoggerHook interval 1, extra ``options``; ``kill_at``: die
+    at the start of that iteration. Returns the logged {iteration: loss}."""
     import train
     argv = [config, '--work-dir', str(work_dir), '--cfg-options',
             f'train_cfg.max_epochs={epochs}', 'train_dataloader.batch_size=4',
             f'train_dataloader.dataset.data_root={data_root}',
+            f'train_dataloader.num_workers={num_workers}',
+            f'train_dataloader.persistent_workers={bool(num_workers)}',
             'default_hooks.logger.interval=1', 'log_processor.window_size=1',
             f'experiment_name=greenmim_resume_test{tag}', *options]
     if resume:
         argv[3:3] = ['--resume', resume]
     cfg = train.build_config(train.parse_args(argv))
-    cfg.train_dataloader.dataset.pipeline = [dict(type='LoadImageFromFile'),
-                                             dict(type='PackInputs')]
+    if kill_at:
+        cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [
+            dict(type='KillAtIteration', iteration=kill_at)]
     from mmengine.runner import Runner
-    Runner.from_cfg(cfg).train()
+    runner = Runner.from_cfg(cfg)
+    try:
+        runner.train()
+    except Killed:
+        pass
     [scalars] = glob.glob(osp.join(str(work_dir), '*', 'vis_data', 'scalars.json'))
     with open(scalars) as f:
         return {r['iter']: r['loss'] for r in map(json.loads, f) if 'loss' in r}
@@ -408,6 +435,32 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_demo_data, tmp_path):
         assert got == pytest.approx(full[it], abs=1e-6), it
     ckpt_state = torch.load(ckpt, map_location='cpu', weights_only=False)['state_dict']
     assert int(ckpt_state['mask_step']) == 5
+
+
+@pytest.fixture(scope='module')
+def three_epochs(tiny_demo_data, tmp_path_factory):
+    """An uninterrupted 3-epoch run without workers (15 iterations)."""
+    return run_train(tmp_path_factory.mktemp('full3'), tiny_demo_data, 3, tag='_full3')
+
+
+@pytest.mark.parametrize('killed_workers,resumed_workers', [(2, 0), (0, 2)])
+def test_run_killed_in_epoch_3_resumes_exactly(tiny_demo_data, three_epochs, tmp_path,
+                                               killed_workers, resumed_workers):
+    """Killed in iteration 12 (epoch 3), resumed from epoch_2.pth: every later loss equals the
+    uninterrupted run's, with the shipped random pipeline, with and without (persistent)
+    workers, either way round."""
+    killed = run_train(tmp_path / 'killed', tiny_demo_data, 3, tag='_killed',
+                       num_workers=killed_workers, kill_at=12)
+    assert sorted(killed) == list(range(1, 12))
+    assert sorted(p.name for p in (tmp_path / 'killed').glob('*.pth')) == ['epoch_1.pth',
+                                                                          'epoch_2.pth']
+    resumed = run_train(tmp_path / 'resumed', tiny_demo_data, 3, tag='_resumed',
+                        resume=str(tmp_path / 'killed' / 'epoch_2.pth'),
+                        num_workers=resumed_workers)
+    assert sorted(three_epochs) == list(range(1, 16)) and sorted(resumed) == list(range(11, 16))
+    for it in range(1, 16):
+        got = killed[it] if it < 12 else resumed[it]
+        assert got == pytest.approx(three_epochs[it], abs=1e-6), it
 
 
 def test_visualize_reconstruction_writes_a_grid(tiny_demo_data, tmp_path):

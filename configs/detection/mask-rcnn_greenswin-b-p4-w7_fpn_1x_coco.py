@@ -43,3 +43,5 @@ optim_wrapper = dict(
 
 # Atomic checkpoints in greenmim_mm's plain (weights-only loadable) format.
 default_hooks = dict(checkpoint=dict(type='greenmim_mm.SafeCheckpointHook'))
+# Stop at the first NaN/inf loss, before any checkpoint of it (greenmim_mm.engine).
+custom_hooks = [dict(type='greenmim_mm.NonFiniteLossHook')]

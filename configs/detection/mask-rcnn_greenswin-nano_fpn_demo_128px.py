@@ -110,3 +110,5 @@ default_hooks = dict(
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
 log_processor = dict(window_size=10)
 randomness = dict(seed=0)
+# Stop at the first NaN/inf loss, before any checkpoint of it (greenmim_mm.engine).
+custom_hooks = [dict(type='greenmim_mm.NonFiniteLossHook')]

@@ -98,3 +98,5 @@ default_hooks = dict(
     checkpoint=dict(type='greenmim_mm.SafeCheckpointHook', interval=1, max_keep_ckpts=3),
     logger=dict(type='LoggerHook', interval=100))
 randomness = dict(seed=0)
+# Stop at the first NaN/inf loss, before any checkpoint of it (greenmim_mm.engine).
+custom_hooks = [dict(type='greenmim_mm.NonFiniteLossHook')]

@@ -39,18 +39,19 @@ data_preprocessor = dict(
     to_rgb=True)
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageFromFileOrSkip'),  # unreadable files are skipped (SkippedSamplesHook)
     dict(type='RandomFlip', prob=0.5, direction='horizontal'),
     dict(type='PackInputs'),
 ]
-test_pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
+test_pipeline = [dict(type='LoadImageFromFileOrSkip'), dict(type='PackInputs')]
 
 train_dataloader = dict(
     batch_size=32,
     num_workers=0,
-    sampler=dict(type='DefaultSampler', shuffle=True),
+    # Seeded loading: augmentations are a function of (seed, epoch, sample, rank) (exact resume).
+    sampler=dict(type='SeededSampler', shuffle=True),
     dataset=dict(
-        type='CustomDataset',
+        type='CheckedCustomDataset',  # annotation file validated at build
         data_root=data_root,
         ann_file='meta/train.txt',
         data_prefix='train',
@@ -61,11 +62,12 @@ val_dataloader = dict(
     num_workers=0,
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
-        type='CustomDataset',
+        type='CheckedCustomDataset',
         data_root=data_root,
         ann_file='meta/val.txt',
         data_prefix='val',
         metainfo=dict(classes=classes),
+        test_mode=True,  # an unreadable image is an error naming it, never replaced
         pipeline=test_pipeline))
 val_evaluator = dict(type='Accuracy', topk=(1, ))
 test_dataloader = val_dataloader
@@ -101,6 +103,11 @@ default_hooks = dict(
     checkpoint=dict(type='SafeCheckpointHook', interval=1, max_keep_ckpts=2),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='VisualizationHook', enable=False))
+# Stop at the first NaN/inf loss (before any checkpoint of it); count and bound skipped files.
+custom_hooks = [
+    dict(type='NonFiniteLossHook'),
+    dict(type='SkippedSamplesHook', max_fraction=0.01),
+]
 env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork'),
                dist_cfg=dict(backend='gloo'))
 vis_backends = [dict(type='LocalVisBackend')]

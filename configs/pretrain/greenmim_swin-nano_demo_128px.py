@@ -9,6 +9,7 @@ max_epochs = 16
 warmup_epochs = 1
 batch_size = 32
 
+ln_cfg = dict(type='LN', eps=1e-6)
 model = dict(
     type='GreenMIM',
     mask_ratio=0.75,
@@ -18,7 +19,12 @@ model = dict(
         img_size=img_size,
         window_size=4,
         drop_path_rate=0.0,
-        out_indices=(3, )),
+        out_indices=(3, ),
+        # Every encoder LayerNorm with eps 1e-6, as the official GreenMIM encoder (mmpretrain's
+        # default is 1e-5): patch embedding, blocks, patch merging, output norm.
+        norm_cfg=ln_cfg,
+        patch_cfg=dict(norm_cfg=ln_cfg),
+        stage_cfgs=dict(block_cfgs=dict(norm_cfg=ln_cfg), downsample_cfg=dict(norm_cfg=ln_cfg))),
     neck=dict(
         type='MAEUnitDecoder',
         in_channels=256,
@@ -40,7 +46,7 @@ data_preprocessor = dict(
     to_rgb=True)
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageFromFileOrSkip'),  # unreadable files are skipped (SkippedSamplesHook)
     dict(
         type='RandomResizedCrop',
         scale=img_size,
@@ -53,10 +59,12 @@ train_pipeline = [
 train_dataloader = dict(
     batch_size=batch_size,
     num_workers=0,
-    sampler=dict(type='DefaultSampler', shuffle=True),
+    # Seeded loading: augmentations are a function of (seed, epoch, sample, rank), so
+    # `--resume` continues exactly as an uninterrupted run (greenmim_mm.datasets).
+    sampler=dict(type='SeededSampler', shuffle=True),
     collate_fn=dict(type='default_collate'),
     dataset=dict(
-        type='CustomDataset',
+        type='CheckedCustomDataset',
         data_root=data_root,
         data_prefix='train',
         with_label=False,  # every image under train/, labels unused
@@ -87,6 +95,11 @@ default_hooks = dict(
     checkpoint=dict(type='SafeCheckpointHook', interval=1, max_keep_ckpts=2),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='VisualizationHook', enable=False))
+# Stop at the first NaN/inf loss (before any checkpoint of it); count and bound skipped files.
+custom_hooks = [
+    dict(type='NonFiniteLossHook'),
+    dict(type='SkippedSamplesHook', max_fraction=0.01),
+]
 env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork'),
                dist_cfg=dict(backend='gloo'))
 vis_backends = [dict(type='LocalVisBackend')]

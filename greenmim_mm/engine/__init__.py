@@ -1,5 +1,10 @@
-"""Training-engine components: optimizer-wrapper constructors, the checkpoint hook."""
+"""Training-engine components: optimizer-wrapper constructors and hooks (checkpoints, non-finite
+loss, skipped samples)."""
 from .checkpoint_hook import SafeCheckpointHook
 from .layer_decay import SwinLayerDecayOptimWrapperConstructor, backbone_layer_depth
+from .non_finite_loss import NonFiniteLossError, NonFiniteLossHook
+from .skipped_samples import SkippedSamplesHook, TooManyBadSamplesError
 
-__all__ = ['SafeCheckpointHook', 'SwinLayerDecayOptimWrapperConstructor', 'backbone_layer_depth']
+__all__ = ['SafeCheckpointHook', 'SwinLayerDecayOptimWrapperConstructor', 'backbone_layer_depth',
+           'NonFiniteLossError', 'NonFiniteLossHook', 'SkippedSamplesHook',
+           'TooManyBadSamplesError']

@@ -11,7 +11,8 @@ import torch
 from mmengine.dist import get_rank
 from mmpretrain.models.selfsup import BaseSelfSupervisor
 
-from greenmim_mm.ops.masking import check_mask_ratio, random_unit_mask, unit_grid
+from greenmim_mm.ops.masking import (check_mask_ratio, num_visible_units, random_unit_mask,
+                                     unit_grid)
 from greenmim_mm.registry import MODELS
 
 
@@ -37,13 +38,18 @@ class GreenMIM(BaseSelfSupervisor):
         backbone (dict): a ``GreenSwinTransformer`` (its last out index feeds the decoder).
         neck (dict): the decoder, e.g. ``MAEUnitDecoder`` or ``LinearUnitDecoder``.
         head (dict): the loss, ``UnitReconstructionHead``.
-        mask_ratio (float): fraction of units masked, in [0, 1) (MAE's rule: keep
-            max(1, floor(L * (1 - ratio))) units).
+        mask_ratio (float): fraction of units masked, in (0, 1) (MAE's rule: keep
+            max(1, floor(L * (1 - ratio))) units); a ratio that leaves no unit masked on the
+            backbone's ``img_size`` grid (e.g. 0) is a ValueError at build time: the loss is
+            over masked units only.
         mask_seed (int, optional): base seed of the masks. None (default): ``torch.initial_seed()``
             read at the first ``loss`` call, i.e. the seed mmengine's ``randomness`` set
             (including the seed it restores from a checkpoint on resume, and the per-rank seed
             with ``diff_rank_seed``).
         data_preprocessor, init_cfg: as ``BaseSelfSupervisor``.
+
+    The decoder reads only the last stage, so the backbone's ``out_indices`` must be exactly
+    (last stage,): other out norms would get no gradient, which DDP refuses. ValueError otherwise.
 
     Masks: ``loss`` draws one mask per call (shared by the device batch) from a generator seeded
     by a hash of (base seed, rank, step). ``step`` counts ``loss`` calls and is kept in the
@@ -60,6 +66,7 @@ class GreenMIM(BaseSelfSupervisor):
         # Build through our registry (mmpretrain's base class would use mmpretrain's, which
         # does not know our components unless the default scope is greenmim_mm).
         backbone, neck, head = (_build(c) for c in (backbone, neck, head))
+        check_greenmim_backbone(backbone, self.mask_ratio)
         if isinstance(data_preprocessor, dict):
             data_preprocessor = _build(dict(dict(type='SelfSupDataPreprocessor'),
                                             **data_preprocessor))
@@ -85,6 +92,9 @@ class GreenMIM(BaseSelfSupervisor):
             self.base_seed = int(torch.initial_seed())
         mask = draw_unit_mask(unit_grid(img_hw, self.unit), self.mask_ratio, self.base_seed,
                               get_rank(), self._step)
+        if not bool(mask.any()):
+            raise ValueError(f'mask_ratio={self.mask_ratio} masks no unit of the '
+                             f'{tuple(mask.shape)} unit grid of a {tuple(img_hw)} input')
         self._step += 1
         self.mask_step.fill_(self._step)
         return mask
@@ -124,6 +134,26 @@ class GreenMIM(BaseSelfSupervisor):
                                   seed, 0, 0)
         pred = self.forward_masked(img, mask)
         return self.head.to_image(pred, img), mask
+
+
+def check_greenmim_backbone(backbone: torch.nn.Module, mask_ratio: float) -> None:
+    """Build-time checks of a GreenMIM backbone (``GreenSwinTransformer``-like): ValueError
+    if ``out_indices`` is not (last stage,) or if ``mask_ratio`` masks no unit of the unit grid of
+    its ``img_size`` (``patch_resolution``)."""
+    last = len(backbone.stages) - 1
+    if tuple(backbone.out_indices) != (last, ):
+        raise ValueError(
+            f'GreenMIM uses only the last stage of the backbone, but out_indices='
+            f'{tuple(backbone.out_indices)}: the other out norms would get no gradient (DDP '
+            f'fails on them). Set model.backbone.out_indices=({last}, ).')
+    per_unit = backbone.mask_unit // backbone.patch_stride
+    grid = tuple(int(r) // per_unit for r in backbone.patch_resolution)
+    units = grid[0] * grid[1]
+    if num_visible_units(units, mask_ratio) >= units:
+        raise ValueError(
+            f'mask_ratio={mask_ratio} masks no unit of the {grid[0]}x{grid[1]} unit grid '
+            f'({units} units of {backbone.mask_unit} px): the loss counts masked units only, so '
+            f'it would be NaN. Use a ratio that masks at least one unit (GreenMIM: 0.75).')
 
 
 def _build(cfg: Union[dict, torch.nn.Module]) -> torch.nn.Module:

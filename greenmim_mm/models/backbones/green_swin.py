@@ -31,6 +31,10 @@ class GreenSwinTransformer(SwinTransformer):
         grouping (str): 'optimal' (group size minimising the MSA cost model; see
             ``greenmim_mm.ops.grouping``), 'window' (one window per group) or 'single' (all
             visible tokens in one group, GreenMIM's "masking" mode).
+
+    ``frozen_stages=k`` (mmpretrain's meaning: patch embedding, stages 0..k and their out norms)
+    takes effect at construction (``requires_grad=False`` right after ``__init__``, so DDP never
+    registers those parameters) and again in every ``train()``, as in mmpretrain.
     """
 
     def __init__(self, *args, attn_backend: str = 'auto', grouping: str = 'optimal', **kwargs):
@@ -42,6 +46,9 @@ class GreenSwinTransformer(SwinTransformer):
         self.attn_backend = attn_backend
         self.grouping = grouping
         self._check_merging()
+        # mmpretrain freezes only in train(), i.e. after DDP registered every parameter as
+        # trainable ("Expected to have finished reduction..."): freeze at construction too.
+        self._freeze_stages()
 
     def train(self, mode: bool = True) -> 'GreenSwinTransformer':
         """As mmpretrain's (frozen stages, norm_eval), but returns ``self`` so calls chain."""
