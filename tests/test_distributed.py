@@ -52,15 +52,11 @@ def test_ddp_demo_training_runs_two_cpu_processes(tmp_path):
     assert 'Epoch(train) [1][3/3]' in log  # 20 images / (2 ranks x 4) -> 3 iterations per rank
 
 
-def test_ddp_classifier_with_frozen_stages_trains(tmp_path):
+def test_ddp_classifier_with_frozen_stages_trains(tmp_path, demo_data_factory):
     """Issue 10 point 3: the demo classifier with model.backbone.frozen_stages=1 under 2-process
     CPU DDP. mmpretrain froze only in train(), after DDP had registered the frozen parameters,
     and the run died at iteration 2 ("Expected to have finished reduction ...")."""
-    sys.path.insert(0, str(REPO / 'tools'))
-    import make_demo_data
-    data = tmp_path / 'data'
-    make_demo_data.generate(str(data), size=128, train_per_class=4, val_per_class=1, det_train=1,
-                            det_val=1, verbose=False)
+    data = demo_data_factory('ddp_frozen', train_per_class=4, val_per_class=1)
     work = tmp_path / 'work'
     run = torchrun([str(REPO / 'tools' / 'train.py'),
                     str(REPO / 'configs' / 'finetune' / 'greenswin-nano_demo-cls_128px.py'),

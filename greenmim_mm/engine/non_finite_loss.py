@@ -36,9 +36,8 @@ class NonFiniteLossHook(Hook):
             terms = ', '.join(f'{k}={v}' for k, v in bad.items())
             raise NonFiniteLossError(
                 f'Non-finite loss at iteration {runner.iter + 1} (epoch {runner.epoch + 1}, '
-                f'batch {batch_idx + 1} of the epoch): {terms}. Training stopped before saving '
-                f'a checkpoint of this iteration; the last checkpoint in {runner.work_dir} '
-                f'is from before it.')
+                f'batch {batch_idx + 1} of the epoch): {terms}. Training stopped; no checkpoint '
+                f'of this iteration was written (checkpoints in {runner.work_dir} are older).')
 
 
 def _as_float(value) -> Optional[float]:
