@@ -43,6 +43,13 @@ def test_mask_ratio_that_masks_no_unit_is_refused_at_build(ratio):
         greenmim(mask_ratio=ratio)
 
 
+def test_localmim_refuses_a_mask_ratio_that_masks_nothing_too():
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'pretrain', 'localmim_swin-nano_demo_128px.py'))
+    cfg.model.mask_ratio = 0
+    with pytest.raises(ValueError, match=r'mask_ratio=0.0 masks no unit of the 4x4 unit grid'):
+        MODELS.build(cfg.model)
+
+
 def test_smallest_useful_mask_ratio_builds_and_masks_one_unit():
     model = greenmim(mask_ratio=0.01)  # 16 units: keep floor(15.84) = 15, mask 1
     assert int(model.next_mask((128, 128)).sum()) == 1

@@ -66,7 +66,7 @@ class GreenMIM(BaseSelfSupervisor):
         # Build through our registry (mmpretrain's base class would use mmpretrain's, which
         # does not know our components unless the default scope is greenmim_mm).
         backbone, neck, head = (_build(c) for c in (backbone, neck, head))
-        check_greenmim_backbone(backbone, self.mask_ratio)
+        check_greenmim_backbone(backbone, neck, self.mask_ratio)
         if isinstance(data_preprocessor, dict):
             data_preprocessor = _build(dict(dict(type='SelfSupDataPreprocessor'),
                                             **data_preprocessor))
@@ -136,16 +136,22 @@ class GreenMIM(BaseSelfSupervisor):
         return self.head.to_image(pred, img), mask
 
 
-def check_greenmim_backbone(backbone: torch.nn.Module, mask_ratio: float) -> None:
-    """Build-time checks of a GreenMIM backbone (``GreenSwinTransformer``-like): ValueError
-    if ``out_indices`` is not (last stage,) or if ``mask_ratio`` masks no unit of the unit grid of
-    its ``img_size`` (``patch_resolution``)."""
-    last = len(backbone.stages) - 1
-    if tuple(backbone.out_indices) != (last, ):
-        raise ValueError(
-            f'GreenMIM uses only the last stage of the backbone, but out_indices='
-            f'{tuple(backbone.out_indices)}: the other out norms would get no gradient (DDP '
-            f'fails on them). Set model.backbone.out_indices=({last}, ).')
+def check_greenmim_backbone(backbone: torch.nn.Module, neck: torch.nn.Module,
+                            mask_ratio: float) -> None:
+    """Build-time checks (ValueError): a single decoder (not a list, as LocalMIM's) reads only the
+    last stage, so ``out_indices`` must be (last stage,); on a sparse Swin-like backbone
+    (``mask_unit``, ``patch_stride``, ``patch_resolution``), ``mask_ratio`` must mask at least one
+    unit of the unit grid of its ``img_size``."""
+    stages = getattr(backbone, 'stages', None)
+    if stages is not None and not isinstance(neck, (torch.nn.ModuleList, list, tuple)):
+        last = len(stages) - 1
+        if tuple(backbone.out_indices) != (last, ):
+            raise ValueError(
+                f'GreenMIM uses only the last stage of the backbone, but out_indices='
+                f'{tuple(backbone.out_indices)}: the other out norms would get no gradient (DDP '
+                f'fails on them). Set model.backbone.out_indices=({last}, ).')
+    if not all(hasattr(backbone, a) for a in ('mask_unit', 'patch_stride', 'patch_resolution')):
+        return
     per_unit = backbone.mask_unit // backbone.patch_stride
     grid = tuple(int(r) // per_unit for r in backbone.patch_resolution)
     units = grid[0] * grid[1]
