@@ -1,5 +1,7 @@
-#!/usr/bin/env python
 """Generate a small deterministic synthetic dataset for the greenmim_mm demos.
+
+Command line: ``python tools/make_demo_data.py`` (or ``python -m greenmim_mm.datasets.demo_data``);
+library: :func:`generate`.
 
 Every image shows flat-coloured shapes (circle, square, triangle, star, cross) on a textured
 background (smooth noise, gradient, stripes or checkerboard; some with pixel noise). Nothing is
@@ -333,7 +335,7 @@ def image_size(text):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(prog='make_demo_data', description=__doc__.split('\n')[0])
     p.add_argument('--out', default='data/demo', help='output directory (default data/demo)')
     p.add_argument('--size', type=image_size, default=128, help='image side in px (default 128)')
     p.add_argument('--train-per-class', type=positive_int, default=400)

@@ -1,0 +1,148 @@
+"""Launching training and evaluation from an mmengine config (``tools/train.py``,
+``tools/test.py``, ``mim train/test greenmim_mm``).
+
+Command-line options shared by both (config overrides, launcher, local rank), the config built
+from them, and CPU distributed runs (gloo) that mmengine 0.10's launcher does not support.
+"""
+import argparse
+import os
+import os.path as osp
+from typing import Optional, Sequence
+
+from mmengine.config import Config, DictAction
+
+
+# ------------------------------------------------------------------------------ options
+def add_common_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options train and test share: config overrides, launcher, local rank (mim and
+    ``torch.distributed.launch`` pass ``--local-rank``)."""
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, e.g. train_cfg.max_epochs=2')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    return parser
+
+
+def parse_common(parser: argparse.ArgumentParser,
+                 argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Add the common options, parse, and export ``LOCAL_RANK`` (unless already set)."""
+    args = add_common_options(parser).parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog='train.py',
+                                     description='Train a model with an mmengine config')
+    parser.add_argument('config', help='config file path')
+    parser.add_argument('--work-dir', help='where logs and checkpoints go '
+                        '(default: ./work_dirs/<config name>)')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto',
+                        help='resume from the given checkpoint, or from the latest one in the '
+                        'work dir when no path is given')
+    parser.add_argument('--amp', action='store_true', help='mixed-precision training')
+    parser.add_argument('--no-validate', action='store_true', help='skip validation')
+    return parse_common(parser, argv)
+
+
+def parse_test_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog='test.py', description='Test (evaluate) a checkpoint')
+    parser.add_argument('config', help='config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='where the evaluation logs go')
+    return parse_common(parser, argv)
+
+
+# ------------------------------------------------------------------------------ configs
+def load_config(args: argparse.Namespace) -> Config:
+    """The config file with ``--cfg-options``, the launcher and the work dir applied
+    (``--work-dir``, else the config's, else ``./work_dirs/<config name>``)."""
+    import greenmim_mm  # noqa: F401  (registers the plugin and applies its compat patches)
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    return cfg
+
+
+def build_train_config(args: argparse.Namespace) -> Config:
+    """The training config for parsed :func:`parse_train_args` options."""
+    cfg = load_config(args)
+    if args.amp:
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        cfg.resume, cfg.load_from = True, args.resume
+    if args.no_validate:
+        cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    return cfg
+
+
+def build_test_config(args: argparse.Namespace) -> Config:
+    """The evaluation config for parsed :func:`parse_test_args` options.
+
+    Raises:
+        FileNotFoundError: the checkpoint does not exist (named in the message).
+    """
+    if not osp.isfile(args.checkpoint):
+        raise FileNotFoundError(f'checkpoint not found: {args.checkpoint}')
+    cfg = load_config(args)
+    cfg.load_from = args.checkpoint
+    return cfg
+
+
+def setup_cpu_distributed(cfg: Config) -> None:
+    """``--launcher pytorch`` without CUDA: mmengine 0.10's launcher calls
+    ``torch.cuda.set_device`` and wraps the model with ``device_ids=[LOCAL_RANK]``; start the gloo
+    process group here instead (the Runner then skips its own init) and wrap without device ids."""
+    import torch
+    import torch.distributed as dist
+    if cfg.launcher != 'pytorch' or torch.cuda.is_available():
+        return
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+    wrapper = dict(cfg.get('model_wrapper_cfg') or {})
+    wrapper.setdefault('type', 'MMDistributedDataParallel')
+    wrapper['device_ids'] = None
+    cfg.model_wrapper_cfg = wrapper
+
+
+# ------------------------------------------------------------------------------ entry points
+def main_train(argv: Optional[Sequence[str]] = None):
+    """``tools/train.py``: build the config and the Runner, train; returns the Runner."""
+    from mmengine.runner import Runner
+
+    from greenmim_mm.checkpoint_loading import CheckpointLoadError
+    cfg = build_train_config(parse_train_args(argv))
+    setup_cpu_distributed(cfg)
+    try:
+        runner = Runner.from_cfg(cfg)
+        runner.train()
+    except CheckpointLoadError as err:  # a refused or unreadable checkpoint: one line, exit 1
+        raise SystemExit(f'train: error: {err}')
+    return runner
+
+
+def main_test(argv: Optional[Sequence[str]] = None) -> dict:
+    """``tools/test.py``: evaluate a checkpoint, print and return the metrics."""
+    from mmengine.runner import Runner
+    args = parse_test_args(argv)
+    try:
+        cfg = build_test_config(args)
+    except FileNotFoundError as err:
+        raise SystemExit(f'test.py: error: {err}')
+    setup_cpu_distributed(cfg)
+    from greenmim_mm.checkpoint_loading import CheckpointLoadError
+    try:
+        metrics = Runner.from_cfg(cfg).test()
+    except CheckpointLoadError as err:  # a refused or unreadable checkpoint: one line, exit 1
+        raise SystemExit(f'test: error: {err}')
+    print(metrics)
+    return metrics
