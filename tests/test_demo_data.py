@@ -1,14 +1,12 @@
-"""Tests for tools/make_demo_data.py (synthetic demo dataset generator)."""
+"""Tests for greenmim_mm.datasets.demo_data (tools/make_demo_data.py, synthetic demo data set)."""
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tools'))
-import make_demo_data as mdd  # noqa: E402
+from greenmim_mm.datasets import demo_data as mdd
 
 SMALL = dict(size=64, train_per_class=3, val_per_class=2, det_train=8, det_val=4, seed=0)
 

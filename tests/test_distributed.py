@@ -34,10 +34,9 @@ def test_ddp_averaged_gradients_equal_single_process(tmp_path):
 
 
 def test_ddp_demo_training_runs_two_cpu_processes(tmp_path):
-    sys.path.insert(0, str(REPO / 'tools'))
-    import make_demo_data
+    from greenmim_mm.datasets import demo_data
     data = tmp_path / 'data'
-    make_demo_data.generate(str(data), size=128, train_per_class=4, val_per_class=1, det_train=1,
+    demo_data.generate(str(data), size=128, train_per_class=4, val_per_class=1, det_train=1,
                             det_val=1, verbose=False)
     work = tmp_path / 'work'
     run = torchrun([str(REPO / 'tools' / 'train.py'),

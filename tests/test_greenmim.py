@@ -7,7 +7,6 @@ import glob
 import json
 import math
 import os.path as osp
-import sys
 
 import pytest
 import torch
@@ -26,7 +25,6 @@ from greenmim_mm.registry import HOOKS, MODELS
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_CFG = osp.join(ROOT, 'configs', 'pretrain', 'greenmim_swin-nano_demo_128px.py')
-sys.path.insert(0, osp.join(ROOT, 'tools'))
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 
 
@@ -398,7 +396,7 @@ def run_train(work_dir, data_root, epochs, resume=None, tag='', config=DEMO_CFG,
     """tools/train.py on ``config`` (default: the GreenMIM demo) with its shipped pipeline
     (RandomResizedCrop + flip), batch 4, LoggerHook interval 1, extra ``options``; ``kill_at``: die
     at the start of that iteration. Returns the logged {iteration: loss}."""
-    import train
+    from greenmim_mm import launch
     argv = [config, '--work-dir', str(work_dir), '--cfg-options',
             f'train_cfg.max_epochs={epochs}', 'train_dataloader.batch_size=4',
             f'train_dataloader.dataset.data_root={data_root}',
@@ -408,7 +406,7 @@ def run_train(work_dir, data_root, epochs, resume=None, tag='', config=DEMO_CFG,
             f'experiment_name=greenmim_resume_test{tag}', *options]
     if resume:
         argv[3:3] = ['--resume', resume]
-    cfg = train.build_config(train.parse_args(argv))
+    cfg = launch.build_train_config(launch.parse_train_args(argv))
     if kill_at:
         cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [
             dict(type='KillAtIteration', iteration=kill_at)]
@@ -464,7 +462,7 @@ def test_run_killed_in_epoch_3_resumes_exactly(tiny_demo_data, three_epochs, tmp
 
 
 def test_visualize_reconstruction_writes_a_grid(tiny_demo_data, tmp_path):
-    import visualize_reconstruction as vis
+    from greenmim_mm import visualization as vis
     model = tiny_greenmim(size=128)
     cfg = Config.fromfile(DEMO_CFG)
     cfg.model.backbone.arch = dict(embed_dims=16, depths=[2, 2, 2, 2], num_heads=[2, 2, 4, 4])
@@ -483,17 +481,14 @@ def test_visualize_reconstruction_writes_a_grid(tiny_demo_data, tmp_path):
     assert img.mode == 'RGB'
 
 
-def test_make_demo_flow_end_to_end(tmp_path, capsys):
+def test_make_demo_flow_end_to_end(tmp_path, capsys, load_tool):
     """``make demo``'s script on tiny data: trains, writes checkpoints, scalars and the picture."""
-    import sys
-    from pathlib import Path
-    tools = Path(__file__).resolve().parents[1] / 'tools'
-    sys.path.insert(0, str(tools))
-    import demo
-    import make_demo_data
     from PIL import Image
+
+    from greenmim_mm.datasets import demo_data
+    demo = load_tool('demo')
     data, work = tmp_path / 'data', tmp_path / 'work'
-    make_demo_data.generate(str(data), size=128, train_per_class=8, val_per_class=1, det_train=1,
+    demo_data.generate(str(data), size=128, train_per_class=8, val_per_class=1, det_train=1,
                             det_val=1, verbose=False)
     losses = demo.main(['--data-root', str(data), '--work-dir', str(work), '--max-epochs', '1'])
     assert len(losses) >= 1 and all(l > 0 for _, l in losses)

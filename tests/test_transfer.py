@@ -8,7 +8,6 @@ position embedding) for classification and mmdet's Swin custom keys for detectio
 """
 import math
 import os.path as osp
-import sys
 
 import pytest
 import torch
@@ -22,7 +21,6 @@ import greenmim_mm.engine  # noqa: F401  (registers SwinLayerDecayOptimWrapperCo
 from greenmim_mm.models import GreenSwinTransformer
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(ROOT, 'tools'))
 FT = osp.join(ROOT, 'configs', 'finetune')
 DET = osp.join(ROOT, 'configs', 'detection')
 SWIN_B = osp.join(FT, 'greenswin-base-w7_8xb128-amp-100e_in1k-224px.py')
@@ -267,13 +265,13 @@ def tiny_data(demo_data_factory):
 
 
 @pytest.fixture(scope='module')
-def converted(tiny_data, tmp_path_factory):
+def converted(tiny_data, tmp_path_factory, load_tool):
     """A few iterations of the demo GreenMIM pre-training (tools/train.py), converted to
     backbone weights (tools/convert_checkpoint.py)."""
-    import convert_checkpoint
-    import train
+    from greenmim_mm import launch
+    convert_checkpoint = load_tool('convert_checkpoint')
     work = tmp_path_factory.mktemp('transfer_pt')
-    train.main([PRETRAIN_DEMO, '--work-dir', str(work), '--cfg-options',
+    launch.main_train([PRETRAIN_DEMO, '--work-dir', str(work), '--cfg-options',
                 'train_cfg.max_epochs=1', 'train_dataloader.batch_size=8',
                 f'train_dataloader.dataset.data_root={tiny_data}/'])
     out = str(work / 'backbone_converted.pth')
@@ -305,17 +303,18 @@ def demo_cls_data(demo_data_factory):
 CHANCE_BAR = 26.0
 
 
-def test_demo_pretrain_convert_finetune_beats_chance(demo_cls_data, tmp_path):
+def test_demo_pretrain_convert_finetune_beats_chance(demo_cls_data, tmp_path, load_tool):
     """Pre-train -> convert -> fine-tune on the demo data; held-out top-1 clears chance.
 
     Short pre-training (2 epochs) and the demo fine-tuning config's own schedule (12 epochs,
     about 5 min on 2 CPU cores); the fine-tuned classifier must score >= CHANCE_BAR on the 400
     validation images it never trained on. It scores 31.25 % here (README, Transfer, demo)."""
-    import convert_checkpoint
-    import train
     from mmpretrain.registry import MODELS
+
+    from greenmim_mm import launch
+    convert_checkpoint = load_tool('convert_checkpoint')
     data = f'{demo_cls_data}/'
-    train.main([PRETRAIN_DEMO, '--work-dir', str(tmp_path / 'pt'), '--cfg-options',
+    launch.main_train([PRETRAIN_DEMO, '--work-dir', str(tmp_path / 'pt'), '--cfg-options',
                 'train_cfg.max_epochs=2', f'train_dataloader.dataset.data_root={data}'])
     converted = str(tmp_path / 'backbone_converted.pth')
     assert convert_checkpoint.main(
@@ -326,7 +325,7 @@ def test_demo_pretrain_convert_finetune_beats_chance(demo_cls_data, tmp_path):
             f'model.backbone.init_cfg.checkpoint={converted}',
             'default_hooks.checkpoint.interval=100', 'train_cfg.val_interval=100']
     argv += [f'{split}_dataloader.dataset.data_root={data}' for split in ('train', 'val', 'test')]
-    cfg = train.build_config(train.parse_args(argv))
+    cfg = launch.build_train_config(launch.parse_train_args(argv))
     assert cfg.train_cfg.max_epochs == 12 and cfg.model.backbone.init_cfg.type == 'Pretrained'
     held_out_split = cfg.test_dataloader.dataset
     assert (held_out_split.ann_file, held_out_split.data_prefix) == ('meta/val.txt', 'val')

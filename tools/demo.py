@@ -1,6 +1,6 @@
 """``make demo``: GreenMIM pre-training on generated data, end to end, on the CPU.
 
-1. generates the demo data set in ``data/demo`` if missing (``tools/make_demo_data.py``);
+1. generates the demo data set in ``data/demo`` if missing (``greenmim_mm.datasets.demo_data``);
 2. pre-trains ``configs/pretrain/greenmim_swin-nano_demo_128px.py`` into ``work_dirs/demo``
    (checkpoints, ``vis_data/scalars.json``), resuming if an earlier run left checkpoints there;
 3. writes ``work_dirs/demo/reconstruction.png`` (original / masked input / reconstruction);
@@ -11,16 +11,11 @@ import glob
 import json
 import os
 import os.path as osp
-import sys
 
-TOOLS = osp.dirname(osp.abspath(__file__))
-REPO = osp.dirname(TOOLS)
-sys.path.insert(0, TOOLS)
+from greenmim_mm import launch, visualization
+from greenmim_mm.datasets import demo_data
 
-import make_demo_data  # noqa: E402
-import train  # noqa: E402
-import visualize_reconstruction  # noqa: E402
-
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(REPO, 'configs', 'pretrain', 'greenmim_swin-nano_demo_128px.py')
 
 
@@ -50,18 +45,18 @@ def main(argv=None):
     args = parse_args(argv)
     data, work = args.data_root, args.work_dir
     if not osp.isfile(osp.join(data, 'meta', 'params.json')):
-        make_demo_data.generate(data)
+        demo_data.generate(data)
     options = [f'train_dataloader.dataset.data_root={data}/']
     if args.max_epochs:
         options.append(f'train_cfg.max_epochs={args.max_epochs}')
     train_args = [CONFIG, '--work-dir', work, '--cfg-options'] + options
     if osp.isfile(osp.join(work, 'last_checkpoint')):
         train_args.insert(1, '--resume')  # finish (or just reuse) an earlier demo run
-    train.main(train_args)
+    launch.main_train(train_args)
     with open(osp.join(work, 'last_checkpoint')) as f:
         checkpoint = f.read().strip()
     picture = osp.join(work, 'reconstruction.png')
-    visualize_reconstruction.main([CONFIG, checkpoint, '--out', picture, '--data-root', data])
+    visualization.main([CONFIG, checkpoint, '--out', picture, '--data-root', data])
     losses = read_losses(work)
     if losses:
         (i0, l0), (i1, l1) = losses[0], losses[-1]
