@@ -5,6 +5,7 @@ Command-line options shared by both (config overrides, launcher, local rank), th
 from them, and CPU distributed runs (gloo) that mmengine 0.10's launcher does not support.
 """
 import argparse
+import logging
 import os
 import os.path as osp
 from typing import Optional, Sequence
@@ -71,18 +72,56 @@ def load_config(args: argparse.Namespace) -> Config:
 
 
 def build_train_config(args: argparse.Namespace) -> Config:
-    """The training config for parsed :func:`parse_train_args` options."""
+    """The training config for parsed :func:`parse_train_args` options; the outcome of
+    ``--resume`` is in ``cfg.resume_note`` (see :func:`resolve_resume`).
+
+    Raises:
+        FileNotFoundError: ``--resume`` names a checkpoint that does not exist.
+    """
     cfg = load_config(args)
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
-    if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
-    elif args.resume is not None:
-        cfg.resume, cfg.load_from = True, args.resume
+    cfg.resume_note = resolve_resume(cfg, args.resume)
     if args.no_validate:
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     return cfg
+
+
+def resolve_resume(cfg: Config, resume: Optional[str]) -> Optional[str]:
+    """Set ``cfg.resume`` / ``cfg.load_from`` for ``--resume [CHECKPOINT]``; return what happens,
+    for the log (None without ``--resume``).
+
+    * ``--resume`` alone: the checkpoint named by ``<work_dir>/last_checkpoint`` (mmengine's
+      ``find_latest_checkpoint``); with none there, training starts fresh and says so (mmengine
+      would log "Auto resumed from the latest checkpoint None." and start fresh silently).
+    * ``--resume CHECKPOINT``: that file.
+
+    Raises:
+        FileNotFoundError: the named checkpoint (or the one ``last_checkpoint`` names) does not
+            exist; the message names the path. URLs (``scheme://``) are left to mmengine.
+    """
+    if resume is None:
+        return None
+    if resume != 'auto':
+        _check_exists(resume, 'checkpoint to resume from not found')
+        cfg.resume, cfg.load_from = True, resume
+        return f'resuming from {resume}'
+    from mmengine.runner import find_latest_checkpoint
+    latest = find_latest_checkpoint(cfg.work_dir)
+    if latest is None:
+        cfg.resume = False
+        return (f'--resume: no checkpoint to resume from in {osp.abspath(cfg.work_dir)} '
+                '(no last_checkpoint file): starting fresh')
+    _check_exists(latest, f'{osp.join(cfg.work_dir, "last_checkpoint")} names a checkpoint '
+                  'that does not exist')
+    cfg.resume, cfg.load_from = True, latest
+    return f'--resume: resuming from the latest checkpoint in the work dir, {latest}'
+
+
+def _check_exists(path: str, what: str) -> None:
+    if '://' not in path and not osp.isfile(path):
+        raise FileNotFoundError(f'{what}: {path}')
 
 
 def build_test_config(args: argparse.Namespace) -> Config:
@@ -91,8 +130,7 @@ def build_test_config(args: argparse.Namespace) -> Config:
     Raises:
         FileNotFoundError: the checkpoint does not exist (named in the message).
     """
-    if not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(f'checkpoint not found: {args.checkpoint}')
+    _check_exists(args.checkpoint, 'checkpoint not found')
     cfg = load_config(args)
     cfg.load_from = args.checkpoint
     return cfg
@@ -120,10 +158,16 @@ def main_train(argv: Optional[Sequence[str]] = None):
     from mmengine.runner import Runner
 
     from greenmim_mm.checkpoint_loading import CheckpointLoadError
-    cfg = build_train_config(parse_train_args(argv))
+    try:
+        cfg = build_train_config(parse_train_args(argv))
+    except FileNotFoundError as err:
+        raise SystemExit(f'train: error: {err}')
+    note = cfg.pop('resume_note')
     setup_cpu_distributed(cfg)
     try:
         runner = Runner.from_cfg(cfg)
+        if note:  # --resume given: a fresh start is a warning
+            runner.logger.log(logging.INFO if cfg.resume else logging.WARNING, note)
         runner.train()
     except CheckpointLoadError as err:  # a refused or unreadable checkpoint: one line, exit 1
         raise SystemExit(f'train: error: {err}')
@@ -137,7 +181,7 @@ def main_test(argv: Optional[Sequence[str]] = None) -> dict:
     try:
         cfg = build_test_config(args)
     except FileNotFoundError as err:
-        raise SystemExit(f'test.py: error: {err}')
+        raise SystemExit(f'test: error: {err}')
     setup_cpu_distributed(cfg)
     from greenmim_mm.checkpoint_loading import CheckpointLoadError
     try:

@@ -1,5 +1,7 @@
 """Tests for greenmim_mm.datasets.demo_data (tools/make_demo_data.py, synthetic demo data set)."""
 import json
+import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -222,3 +224,58 @@ def test_cli_refuses_foreign_output(tmp_path):
     (tmp_path / 'x' / 'stuff').mkdir(parents=True)
     with pytest.raises(SystemExit, match='no complete dataset'):
         mdd.main(['--out', str(tmp_path / 'x'), '--size', '64', '--force'])
+
+
+# --------------------------------------------------------------- interrupted writers (issue 10.7)
+def hidden_siblings(parent):
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith('.'))
+
+
+def start_writer(out):
+    """A forked process generating a large enough data set at ``out``; returns it once its
+    temporary directory exists."""
+    import multiprocessing
+    import time
+    proc = multiprocessing.get_context('fork').Process(
+        target=mdd.generate, args=(str(out),),
+        kwargs=dict(size=64, train_per_class=2000, val_per_class=1, det_train=1, det_val=1,
+                    verbose=False))
+    proc.start()
+    deadline = time.time() + 60
+    while not hidden_siblings(out.parent):
+        assert proc.is_alive() and time.time() < deadline, 'writer never created its temp dir'
+        time.sleep(0.02)
+    return proc
+
+
+@pytest.mark.parametrize('sig', ['SIGTERM', 'SIGINT'])
+def test_terminated_writer_removes_its_temporary_directory(tmp_path, sig):
+    import signal
+    proc = start_writer(tmp_path / 'demo')
+    os.kill(proc.pid, getattr(signal, sig))
+    proc.join(30)
+    assert proc.exitcode not in (None, 0)
+    assert hidden_siblings(tmp_path) == [] and not (tmp_path / 'demo').exists()
+
+
+def test_next_run_removes_what_a_killed_writer_left(tmp_path):
+    import signal
+    proc = start_writer(tmp_path / 'demo')
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(30)
+    [left] = hidden_siblings(tmp_path)
+    assert left == f'.demo.tmp-{socket.gethostname()}-{proc.pid}'
+    unrelated = tmp_path / f'.demo.tmp-{socket.gethostname()}-{proc.pid}x'  # not a writer's name
+    other_host = tmp_path / f'.demo.tmp-elsewhere-{proc.pid}'  # its writer may be alive there
+    unrelated.mkdir()
+    other_host.mkdir()
+    out, generated = make(tmp_path / 'demo')
+    assert generated and (out / 'meta' / 'params.json').is_file()
+    assert hidden_siblings(tmp_path) == sorted([unrelated.name, other_host.name])
+
+
+def test_stale_scratch_of_a_live_writer_is_kept(tmp_path):
+    mine = mdd.scratch_dir(tmp_path / 'demo', 'tmp')  # this (live) process's name
+    mine.mkdir()
+    assert mdd.remove_stale_scratch(tmp_path / 'demo') == []
+    assert mine.is_dir()

@@ -18,13 +18,22 @@ The same parameters and ``--seed`` give byte-identical files (each image has its
 ``numpy.random.default_rng([seed, split, ...])``). Each shape is rasterised from exactly the
 polygon stored in its annotation (pixel (x, y) is filled when its centre (x + .5, y + .5) lies
 inside), so the masks match the pixels. The dataset is built in a temporary sibling directory
-and renamed into place, so an interrupted run never looks complete.
+(``.<name>.tmp-<host>-<pid>``) and renamed into place, so an interrupted run never looks
+complete. An interrupted run removes its temporary directory at once (SIGINT, and SIGTERM while
+:func:`generate` runs in the main thread); one killed outright (SIGKILL, power loss) leaves it
+behind until the next run for the same output, which removes the temporary directories of
+writers on this host that no longer exist (:func:`remove_stale_scratch`).
 """
 import argparse
+import contextlib
 import json
 import os
+import re
 import shutil
+import signal
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -270,6 +279,8 @@ def generate(out='data/demo', size=128, train_per_class=400, val_per_class=80, d
                   **counts)
     log = print if verbose else (lambda *a, **k: None)
     out = Path(out)
+    for path in remove_stale_scratch(out):
+        log(f'removed {path}, left by an interrupted run')
     existing = read_params(out)
     if existing == params and not force:
         log(f'{out}: complete demo dataset with these parameters already present, nothing to do')
@@ -283,9 +294,9 @@ def generate(out='data/demo', size=128, train_per_class=400, val_per_class=80, d
 
     start = time.time()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f'.{out.name}.tmp-{os.getpid()}'
+    tmp = scratch_dir(out, 'tmp')
     shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with sigterm_raises(), cleaned_up(tmp):
         (tmp / 'meta').mkdir(parents=True)
         (tmp / 'coco' / 'annotations').mkdir(parents=True)
         (tmp / 'meta' / 'classes.txt').write_text(''.join(f'{c}\n' for c in CLASSES))
@@ -296,8 +307,6 @@ def generate(out='data/demo', size=128, train_per_class=400, val_per_class=80, d
         n_dval, a_val = write_detection_split(tmp, 'val', det_val, size, seed, log)
         (tmp / 'meta' / 'params.json').write_text(json.dumps(params, indent=1) + '\n')  # last
         install(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log(f'done in {time.time() - start:.1f}s: classification {n_train} train / {n_val} val, '
         f'detection {n_dtrain} train ({a_train} instances) / {n_dval} val ({a_val} instances), '
         f'{disk_usage(out) / 2**20:.1f} MiB in {out}')
@@ -306,13 +315,75 @@ def generate(out='data/demo', size=128, train_per_class=400, val_per_class=80, d
 
 def install(tmp, out):
     """Move the finished dataset ``tmp`` to ``out``, replacing what is there."""
-    old = out.parent / f'.{out.name}.old-{os.getpid()}'
+    old = scratch_dir(out, 'old')
     if out.exists():
         os.replace(out, old)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
 
 
+# ----------------------------------------------------------------- temporary directories
+def scratch_dir(out: Path, kind: str) -> Path:
+    """This process's hidden sibling of ``out``: ``.<name>.<kind>-<host>-<pid>``."""
+    return out.parent / f'.{out.name}.{kind}-{socket.gethostname()}-{os.getpid()}'
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def remove_stale_scratch(out) -> list:
+    """Remove the temporary siblings of ``out`` (``.<name>.{tmp,old}-<host>-<pid>``) whose
+    writer ran on this host and no longer exists; return their paths. Directories of live
+    writers and of other hosts are kept."""
+    out = Path(out)
+    pattern = re.compile(re.escape(f'.{out.name}.') + r'(?:tmp|old)-(.+)-(\d+)')
+    host = socket.gethostname()
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for path in sorted(out.parent.iterdir()):
+        found = pattern.fullmatch(path.name)
+        if found and found.group(1) == host and not _process_exists(int(found.group(2))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def cleaned_up(path: Path):
+    """Remove ``path`` when the block ends, however it ends (exceptions, SIGINT, SIGTERM)."""
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """Within the block SIGTERM raises ``SystemExit(143)`` (main thread only), so ``finally``
+    clauses run, as they do for SIGINT's KeyboardInterrupt; the previous handler is restored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+# ------------------------------------------------------------------------------ command line
 def positive_int(text):
     value = int(text)
     if value <= 0:
