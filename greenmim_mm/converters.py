@@ -2,7 +2,10 @@
 
 Sources (``SOURCES``):
 
-* ``greenmim_mm``: our pre-training (or any mmpretrain-style) checkpoint; keeps ``backbone.*``.
+* ``greenmim_mm``: our pre-training (or any mmpretrain-style) checkpoint; keeps ``backbone.*``,
+  drops mask state (mmpretrain SimMIM's ``backbone.mask_token``) and stale ``attn_mask`` buffers,
+  and renames the older single final ``norm.*`` to ``norm{last stage}.*`` (as mmpretrain's
+  ``SwinTransformer`` does when loading such a checkpoint).
 * ``official-g1``: the official GreenMIM code before commit ``b981012`` (G1 and G2, including the
   released May-2022 checkpoints): Microsoft-Swin keys, PatchMerging concatenates its 2x2
   neighbours row-first, (0,0),(0,1),(1,0),(1,1).
@@ -164,21 +167,57 @@ def _layout_error(src: str, expected: str, keys) -> ConversionError:
 
 
 # ---------------------------------------------------------------------------- sources
-def greenmim_mm_backbone(ckpt: dict) -> Tuple[dict, List[str]]:
+def greenmim_mm_backbone(ckpt: dict, notes: Optional[List[str]] = None
+                         ) -> Tuple[dict, List[str]]:
     """Backbone weights of our (mmengine) checkpoint: ``backbone.*`` stripped; the rest dropped.
 
     A bare mmpretrain-layout backbone state dict (no ``backbone.`` prefix) is accepted as is.
+    Returns (state dict, dropped keys); what was renamed is appended to ``notes`` when given
+    (see :func:`mmpretrain_backbone_keys`).
     """
     sd, where = _unwrap(ckpt)
     sd = _tensor_dict(sd, where)
     sd = _strip_prefix(sd, 'module.')
+    dropped = []
     if any(k.startswith('backbone.') for k in sd):
         dropped = [k for k in sd if not k.startswith('backbone.')]
-        return {k[9:]: v for k, v in sd.items() if k.startswith('backbone.')}, dropped
-    if 'patch_embed.projection.weight' in sd:
-        return sd, []
-    raise _layout_error('greenmim_mm', "keys 'backbone.patch_embed.projection.weight', "
-                        "'backbone.stages.0.blocks.0...' (mmpretrain Swin layout)", sd)
+        sd = {k[9:]: v for k, v in sd.items() if k.startswith('backbone.')}
+    elif 'patch_embed.projection.weight' not in sd:
+        raise _layout_error('greenmim_mm', "keys 'backbone.patch_embed.projection.weight', "
+                            "'backbone.stages.0.blocks.0...' (mmpretrain Swin layout)", sd)
+    sd, more, renamed = mmpretrain_backbone_keys(sd)
+    if notes is not None:
+        notes += renamed
+    return sd, dropped + more
+
+
+def mmpretrain_backbone_keys(sd: dict) -> Tuple[dict, List[str], List[str]]:
+    """An mmpretrain Swin backbone state dict in today's layout; returns (state dict, dropped
+    keys, notes).
+
+    * mask state is dropped: SimMIM's ``mask_token`` (mmpretrain ``SimMIMSwinTransformer``);
+    * ``attn_mask`` buffers of older mmpretrain/mmcls Swins (version < 3) are dropped;
+    * the older single final ``norm.{weight,bias}`` (version < 2) becomes ``norm{last}.*``,
+      ``last`` the last stage, as mmpretrain's ``SwinTransformer._load_from_state_dict`` maps it.
+
+    Raises:
+        ConversionError: both ``norm.*`` and ``norm{last}.*`` are present (ambiguous).
+    """
+    dropped = [k for k in sd if k == 'mask_token' or k.endswith('.attn_mask')]
+    sd = {k: v for k, v in sd.items() if k not in dropped}
+    old = sorted(k for k in sd if re.fullmatch(r'norm\.(weight|bias)', k))
+    stages = [int(m.group(1)) for k in sd for m in [re.match(r'stages\.(\d+)\.', k)] if m]
+    if not old or not stages:
+        return sd, dropped, []
+    last = max(stages)
+    clash = [k for k in sd if k.startswith(f'norm{last}.')]
+    if clash:
+        raise ConversionError(f"both the older final norm ({', '.join(old)}) and {_sample(clash)} "
+                              f'are present; cannot tell which is the output norm of stage {last}')
+    for key in old:
+        sd[f'norm{last}.{key[5:]}'] = sd.pop(key)
+    return sd, dropped, [f'renamed the older final norm.* to norm{last}.* (output norm of the '
+                         'last stage)']
 
 
 def official_state_dict(ckpt: dict) -> Tuple[dict, List[str]]:
@@ -385,7 +424,7 @@ def convert_checkpoint(ckpt: dict, src: str, window: Optional[int] = None,
         notes += [f'dropped: {summarize_dropped(dropped)}'] if dropped else []
         return {f'backbone.{k}': v.contiguous() for k, v in sd.items()}, notes
     if src == 'greenmim_mm':
-        sd, dropped = greenmim_mm_backbone(ckpt)
+        sd, dropped = greenmim_mm_backbone(ckpt, notes)
     elif src == 'localmim':
         sd, dropped = localmim_backbone(ckpt)
     elif src == 'localmim-official-swin':

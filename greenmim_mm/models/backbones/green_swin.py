@@ -10,10 +10,11 @@ from greenmim_mm.ops import (BACKENDS, GROUPING_POLICIES, StageGeometry, WindowP
                              build_geometry, check_mask, gather_merge, resolve_backend,
                              upsample_mask, window_attention)
 from greenmim_mm.registry import MODELS
+from .pretrained import StrictPretrainedMixin
 
 
 @MODELS.register_module()
-class GreenSwinTransformer(SwinTransformer):
+class GreenSwinTransformer(StrictPretrainedMixin, SwinTransformer):
     """mmpretrain's ``SwinTransformer`` (same arguments, same state dict) plus a sparse path.
 
     * ``forward(x)``: the dense path, mmpretrain's own forward: a tuple of (B, C_i, H_i, W_i) maps.
@@ -35,7 +36,18 @@ class GreenSwinTransformer(SwinTransformer):
     ``frozen_stages=k`` (mmpretrain's meaning: patch embedding, stages 0..k and their out norms)
     takes effect at construction (``requires_grad=False`` right after ``__init__``, so DDP never
     registers those parameters) and again in every ``train()``, as in mmpretrain.
+
+    Pretrained weights (``init_cfg=dict(type='Pretrained', checkpoint=..., prefix=...)``) load
+    strictly (:class:`~greenmim_mm.models.backbones.pretrained.StrictPretrainedMixin`): every
+    tensor must be in the file with its shape, except output norms ``norm{i}`` a pre-training
+    did not have and ``relative_position_index`` buffers (rebuilt when mmpretrain resizes a
+    table); a SimMIM ``mask_token`` and unused output norms in the file are ignored. Set
+    ``strict=False`` in the init_cfg for a partial load. Checkpoints in mmpretrain's older
+    layouts load as into mmpretrain's own ``SwinTransformer`` (see ``_load_from_state_dict``).
     """
+    OPTIONAL_MISSING = (r'norm\d+\.(weight|bias)',
+                        r'stages\.\d+\.blocks\.\d+\.attn\.w_msa\.relative_position_index')
+    OPTIONAL_UNEXPECTED = (r'norm\d+\.(weight|bias)', r'mask_token')
 
     def __init__(self, *args, attn_backend: str = 'auto', grouping: str = 'optimal', **kwargs):
         if attn_backend not in BACKENDS:
@@ -54,6 +66,23 @@ class GreenSwinTransformer(SwinTransformer):
         """As mmpretrain's (frozen stages, norm_eval), but returns ``self`` so calls chain."""
         super().train(mode)
         return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        """Older checkpoint layouts, as mmpretrain 1.2's ``SwinTransformer`` reads them (it does
+        so only when ``self.__class__ is SwinTransformer``, i.e. not for subclasses): without a
+        version or below 2, the single final ``norm.*`` is ``norm{last stage}.*``; below 3, the
+        ``attn_mask`` buffers (now computed in forward) are dropped. Only keys under ``prefix``
+        are touched (mmpretrain's looks at every key of the dict)."""
+        version = local_metadata.get('version', None)
+        if version is None or version < 2:
+            old = prefix + 'norm.'
+            for key in [k for k in state_dict if k.startswith(old)]:
+                new = f'{prefix}norm{len(self.stages) - 1}.{key[len(old):]}'
+                state_dict[new] = state_dict.pop(key)
+        if version is None or version < 3:
+            for key in [k for k in state_dict if k.startswith(prefix) and 'attn_mask' in k]:
+                del state_dict[key]
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
 
     # ------------------------------------------------------------------ geometry
     @property
