@@ -53,14 +53,6 @@ def save(tmp_path, obj, name='ckpt.pth') -> str:
     return path
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------ (a) mmpretrain SimMIM
 def mmpretrain_simmim():
     """mmpretrain's SimMIM (SimMIMSwinTransformer + linear decoder + L1 head), random weights."""
