@@ -8,7 +8,7 @@ import argparse
 import logging
 import os
 import os.path as osp
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 from mmengine.config import Config, DictAction
 
@@ -72,8 +72,14 @@ def load_config(args: argparse.Namespace) -> Config:
 
 
 def build_train_config(args: argparse.Namespace) -> Config:
-    """The training config for parsed :func:`parse_train_args` options; the outcome of
-    ``--resume`` is in ``cfg.resume_note`` (see :func:`resolve_resume`).
+    """The training config for parsed :func:`parse_train_args` options (see
+    :func:`configure_training`)."""
+    return configure_training(args)[0]
+
+
+def configure_training(args: argparse.Namespace) -> Tuple[Config, Optional[str]]:
+    """The training config for parsed :func:`parse_train_args` options, and what ``--resume``
+    does, for the log (:func:`resolve_resume`).
 
     Raises:
         FileNotFoundError: ``--resume`` names a checkpoint that does not exist.
@@ -82,10 +88,10 @@ def build_train_config(args: argparse.Namespace) -> Config:
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
-    cfg.resume_note = resolve_resume(cfg, args.resume)
+    note = resolve_resume(cfg, args.resume)
     if args.no_validate:
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
-    return cfg
+    return cfg, note
 
 
 def resolve_resume(cfg: Config, resume: Optional[str]) -> Optional[str]:
@@ -159,10 +165,9 @@ def main_train(argv: Optional[Sequence[str]] = None):
 
     from greenmim_mm.checkpoint_loading import CheckpointLoadError
     try:
-        cfg = build_train_config(parse_train_args(argv))
+        cfg, note = configure_training(parse_train_args(argv))
     except FileNotFoundError as err:
         raise SystemExit(f'train: error: {err}')
-    note = cfg.pop('resume_note')
     setup_cpu_distributed(cfg)
     try:
         runner = Runner.from_cfg(cfg)

@@ -19,11 +19,11 @@ def train_argv(work_dir, *extra):
 
 
 def test_resume_without_checkpoint_in_work_dir_starts_fresh_and_says_so(tmp_path):
-    cfg = launch.build_train_config(launch.parse_train_args(
+    cfg, note = launch.configure_training(launch.parse_train_args(
         train_argv(tmp_path / 'empty', '--resume')))
     assert cfg.resume is False
-    assert 'no checkpoint to resume from' in cfg.resume_note
-    assert 'starting fresh' in cfg.resume_note and str(tmp_path / 'empty') in cfg.resume_note
+    assert 'no checkpoint to resume from' in note
+    assert 'starting fresh' in note and str(tmp_path / 'empty') in note
 
 
 def test_resume_uses_the_checkpoint_last_checkpoint_names(tmp_path):
