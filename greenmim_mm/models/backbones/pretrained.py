@@ -59,6 +59,9 @@ class StrictPretrainedMixin:
                         map_location='cpu', strict: bool = True) -> None:
         """Load ``checkpoint`` (its keys under ``prefix``, stripped) into this backbone.
 
+        Every tensor that fits is copied before the check, so after the error the backbone is
+        partly loaded; the error is meant to stop the run.
+
         Raises:
             PretrainedLoadError: ``strict`` and some own key is missing (beyond
                 ``OPTIONAL_MISSING``), mis-shaped, or the file holds keys the backbone does not
