@@ -5,7 +5,6 @@ Command-line options shared by both (config overrides, launcher, local rank), th
 from them, and CPU distributed runs (gloo) that mmengine 0.10's launcher does not support.
 """
 import argparse
-import logging
 import os
 import os.path as osp
 from typing import Optional, Sequence, Tuple
@@ -95,11 +94,12 @@ def configure_training(args: argparse.Namespace) -> Tuple[Config, Optional[str]]
 
 
 def resolve_resume(cfg: Config, resume: Optional[str]) -> Optional[str]:
-    """Set ``cfg.resume`` / ``cfg.load_from`` for ``--resume [CHECKPOINT]``; return what happens,
-    for the log (None without ``--resume``).
+    """Set ``cfg.resume`` / ``cfg.load_from`` for ``--resume [CHECKPOINT]``; return a message for
+    the log when mmengine's own would mislead (else None).
 
-    * ``--resume`` alone: the checkpoint named by ``<work_dir>/last_checkpoint`` (mmengine's
-      ``find_latest_checkpoint``); with none there, training starts fresh and says so (mmengine
+    * ``--resume`` alone: mmengine resumes from the checkpoint ``<work_dir>/last_checkpoint``
+      names (``find_latest_checkpoint``; it logs "Auto resumed from the latest checkpoint X.").
+      With no ``last_checkpoint`` training starts fresh and the message says so (mmengine alone
       would log "Auto resumed from the latest checkpoint None." and start fresh silently).
     * ``--resume CHECKPOINT``: that file.
 
@@ -112,7 +112,7 @@ def resolve_resume(cfg: Config, resume: Optional[str]) -> Optional[str]:
     if resume != 'auto':
         _check_exists(resume, 'checkpoint to resume from not found')
         cfg.resume, cfg.load_from = True, resume
-        return f'resuming from {resume}'
+        return None
     from mmengine.runner import find_latest_checkpoint
     latest = find_latest_checkpoint(cfg.work_dir)
     if latest is None:
@@ -121,8 +121,8 @@ def resolve_resume(cfg: Config, resume: Optional[str]) -> Optional[str]:
                 '(no last_checkpoint file): starting fresh')
     _check_exists(latest, f'{osp.join(cfg.work_dir, "last_checkpoint")} names a checkpoint '
                   'that does not exist')
-    cfg.resume, cfg.load_from = True, latest
-    return f'--resume: resuming from the latest checkpoint in the work dir, {latest}'
+    cfg.resume, cfg.load_from = True, None  # mmengine finds the same file and says so
+    return None
 
 
 def _check_exists(path: str, what: str) -> None:
@@ -171,8 +171,8 @@ def main_train(argv: Optional[Sequence[str]] = None):
     setup_cpu_distributed(cfg)
     try:
         runner = Runner.from_cfg(cfg)
-        if note:  # --resume given: a fresh start is a warning
-            runner.logger.log(logging.INFO if cfg.resume else logging.WARNING, note)
+        if note:
+            runner.logger.warning(note)
         runner.train()
     except CheckpointLoadError as err:  # a refused or unreadable checkpoint: one line, exit 1
         raise SystemExit(f'train: error: {err}')

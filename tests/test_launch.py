@@ -26,12 +26,12 @@ def test_resume_without_checkpoint_in_work_dir_starts_fresh_and_says_so(tmp_path
     assert 'starting fresh' in note and str(tmp_path / 'empty') in note
 
 
-def test_resume_uses_the_checkpoint_last_checkpoint_names(tmp_path):
+def test_resume_with_a_checkpoint_in_the_work_dir_is_mmengines_auto_resume(tmp_path):
     ckpt = tmp_path / 'epoch_3.pth'
     ckpt.write_bytes(b'')
     (tmp_path / 'last_checkpoint').write_text(str(ckpt))
-    cfg = launch.build_train_config(launch.parse_train_args(train_argv(tmp_path, '--resume')))
-    assert cfg.resume is True and cfg.load_from == str(ckpt)
+    cfg, note = launch.configure_training(launch.parse_train_args(train_argv(tmp_path, '--resume')))
+    assert (cfg.resume, cfg.load_from, note) == (True, None, None)  # mmengine logs the file
 
 
 def test_resume_when_last_checkpoint_names_a_missing_file_is_an_error(tmp_path):
