@@ -15,7 +15,7 @@ from mmengine.registry import init_default_scope
 from PIL import Image
 from torchvision.utils import make_grid
 
-from visualize_reconstruction import GREY, build_model, load_batch
+from greenmim_mm.visualization import GREY, build_model, load_batch
 
 
 def parse_args(argv=None):
