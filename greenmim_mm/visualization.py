@@ -38,17 +38,25 @@ def positive_int(text: str) -> int:
     return value
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog='visualize_reconstruction.py',
-                                     description='Visualise GreenMIM reconstructions')
-    parser.add_argument('config', help='the GreenMIM config the checkpoint was trained with')
-    parser.add_argument('checkpoint', help='a GreenMIM checkpoint (.pth)')
-    parser.add_argument('--out', default='reconstruction.png', help='output PNG')
-    parser.add_argument('--num', type=positive_int, default=8, help='number of images (columns)')
+def add_arguments(parser: argparse.ArgumentParser, algorithm: str, out: str,
+                  num: int) -> argparse.ArgumentParser:
+    """The options every reconstruction picture tool takes (config, checkpoint, --out, --num,
+    --data-root, --seed, --device); ``--num`` must be >= 1."""
+    parser.add_argument('config', help=f'the {algorithm} config the checkpoint was trained with')
+    parser.add_argument('checkpoint', help=f'a {algorithm} checkpoint (.pth)')
+    parser.add_argument('--out', default=out, help='output PNG')
+    parser.add_argument('--num', type=positive_int, default=num,
+                        help='number of images (columns)')
     parser.add_argument('--data-root', help="override the dataset's data_root")
     parser.add_argument('--seed', type=int, default=0, help='seed of the mask')
     parser.add_argument('--device', default='cpu')
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog='visualize_reconstruction.py',
+                                     description='Visualise GreenMIM reconstructions')
+    return add_arguments(parser, 'GreenMIM', 'reconstruction.png', 8).parse_args(argv)
 
 
 def build_model(cfg: Config, checkpoint: str, device: str) -> torch.nn.Module:

@@ -13,24 +13,13 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from PIL import Image
-from torchvision.utils import make_grid
 
-from greenmim_mm.visualization import GREY, build_model, load_batch
+from greenmim_mm.visualization import GREY, add_arguments, build_model, compose_grid, load_batch
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Visualise LocalMIM head predictions')
-    parser.add_argument('config', help='the LocalMIM config the checkpoint was trained with')
-    parser.add_argument('checkpoint', help='a LocalMIM checkpoint (.pth)')
-    parser.add_argument('--out', default='localmim_heads.png', help='output PNG')
-    parser.add_argument('--num', type=int, default=4, help='number of images (columns)')
-    parser.add_argument('--data-root', help="override the dataset's data_root")
-    parser.add_argument('--seed', type=int, default=0, help='seed of the mask')
-    parser.add_argument('--device', default='cpu')
-    args = parser.parse_args(argv)
-    if args.num < 1:
-        parser.error(f'--num must be at least 1; got {args.num}')
-    return args
+    return add_arguments(parser, 'LocalMIM', 'localmim_heads.png', 4).parse_args(argv)
 
 
 @torch.no_grad()
@@ -46,9 +35,7 @@ def visualize(cfg: Config, checkpoint: str, num: int = 4, data_root=None, seed: 
     original = to_uint8(imgs, model.data_preprocessor.mean, model.data_preprocessor.std)
     rows = [original, np.where(hidden, np.uint8(GREY), original)]
     rows += [picture for pair in panels for picture in pair]
-    tiles = torch.from_numpy(np.concatenate(rows)).permute(0, 3, 1, 2)
-    grid = make_grid(tiles, nrow=len(original), padding=2, pad_value=255)
-    return Image.fromarray(grid.permute(1, 2, 0).numpy())
+    return compose_grid(rows)
 
 
 def main(argv=None):
