@@ -7,7 +7,6 @@ References: mmcv's LoadImageFromFile for readable images, PIL's encoder for JPEG
 import io
 import os.path as osp
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -95,9 +94,8 @@ def bad_data(demo_data_factory, tmp_path_factory):
 
 
 def train_pretrain(work, root, max_fraction):
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    import train
-    train.main([PRETRAIN_CFG, '--work-dir', str(work), '--cfg-options',
+    from greenmim_mm import launch
+    launch.main_train([PRETRAIN_CFG, '--work-dir', str(work), '--cfg-options',
                 'train_cfg.max_epochs=1', 'train_dataloader.batch_size=4',
                 f'train_dataloader.dataset.data_root={root}',
                 'default_hooks.logger.interval=1', f'custom_hooks.1.max_fraction={max_fraction}'])

@@ -124,8 +124,7 @@ def demo_argv(work_dir, data_root, *options):
 def test_loss_turning_nan_stops_before_its_checkpoint(tiny_demo_data, tmp_path, monkeypatch):
     """Iteration 3's loss is NaN: the run raises naming iteration 3; the checkpoints of
     iterations 1-2 exist (and are finite), none of iteration 3."""
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    import train
+    from greenmim_mm import launch
     original, calls = UnitReconstructionHead.loss, []
 
     def loss_nan_from_call_3(self, *args, **kwargs):
@@ -135,7 +134,7 @@ def test_loss_turning_nan_stops_before_its_checkpoint(tiny_demo_data, tmp_path, 
 
     monkeypatch.setattr(UnitReconstructionHead, 'loss', loss_nan_from_call_3)
     with pytest.raises(NonFiniteLossError, match=r'iteration 3 \(epoch 1.*loss=nan'):
-        train.main(demo_argv(tmp_path, tiny_demo_data))
+        launch.main_train(demo_argv(tmp_path, tiny_demo_data))
     assert len(calls) == 3
     assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_1.pth', 'iter_2.pth']
     state = torch.load(tmp_path / 'iter_2.pth', map_location='cpu', weights_only=False)
