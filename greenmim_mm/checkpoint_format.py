@@ -23,7 +23,7 @@ this format (mmengine's pickled ``HistoryBuffer``) are read through
 """
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -62,11 +62,13 @@ def to_plain(obj: Any, where: str = 'checkpoint') -> Any:
     if isinstance(obj, np.ndarray):
         return _array_to_plain(obj, where)
     if isinstance(obj, np.generic):
+        _check_dtype(obj.dtype, where)
         value = obj.item()
         if type(value) not in _LEAVES:
             raise PlainFormatError(f'{where}: numpy {obj.dtype} value {obj!r} has no plain form')
         return {TAG: 'numpy_scalar', 'dtype': obj.dtype.str, 'value': value}
     if isinstance(obj, np.dtype):
+        _check_dtype(obj, where)
         return {TAG: 'numpy_dtype', 'dtype': obj.str}
     if isinstance(obj, Mapping):
         return _mapping_to_plain(obj, where)
@@ -92,9 +94,18 @@ def _mapping_to_plain(obj: Mapping, where: str) -> dict:
     return out
 
 
+def _check_dtype(dtype: np.dtype, where: str) -> None:
+    from .checkpoint_numpy import UnsafeNumpyValue, check_plain_dtype
+    try:
+        check_plain_dtype(dtype, where)
+    except UnsafeNumpyValue as err:  # the loader would refuse it
+        raise PlainFormatError(f'{err}; it has no plain form') from None
+
+
 def _array_to_plain(arr: np.ndarray, where: str) -> dict:
     if arr.dtype.hasobject:
         raise PlainFormatError(f'{where}: numpy object arrays have no plain form')
+    _check_dtype(arr.dtype, where)
     try:
         data = torch.from_numpy(np.ascontiguousarray(arr)).clone()
     except (TypeError, ValueError):  # a dtype torch lacks (strings, other byte order, ...)
@@ -127,21 +138,24 @@ def from_plain(obj: Any) -> Any:
 
 
 def _tagged(obj: dict) -> Any:
+    from .checkpoint_numpy import plain_dtype
     kind = obj[TAG]
     if kind == 'HistoryBuffer':
         return _history_buffer(from_plain(obj['log_history']), from_plain(obj['count_history']),
                                obj['max_length'])
     if kind == 'ndarray':
-        data = obj['data']
+        data, dtype = obj['data'], plain_dtype(obj['dtype'], 'a tagged ndarray')
         if isinstance(data, torch.Tensor):
-            arr = data.numpy().astype(np.dtype(obj['dtype']), copy=True)
+            arr = data.numpy().astype(dtype, copy=True)
+        elif isinstance(data, list):
+            arr = np.array(data, dtype=dtype)
         else:
-            arr = np.array(data, dtype=np.dtype(obj['dtype']))
+            raise ValueError(f'a tagged ndarray holds a {type(data).__name__}')
         return arr.reshape([int(n) for n in obj['shape']])
     if kind == 'numpy_scalar':
-        return np.dtype(obj['dtype']).type(obj['value'])
+        return plain_dtype(obj['dtype'], 'a tagged numpy scalar').type(obj['value'])
     if kind == 'numpy_dtype':
-        return np.dtype(obj['dtype'])
+        return plain_dtype(obj['dtype'], 'a tagged numpy dtype')
     raise ValueError(f'unknown tagged value {kind!r} in a greenmim_mm checkpoint')
 
 
@@ -154,23 +168,35 @@ def _history_buffer(log_history, count_history, max_length):
 
 
 # ---------------------------------------------------------------------------- upgrading
-def upgrade_trusted_file(in_path: str, out_path: str) -> None:
+def upgrade_trusted_file(in_path: str, out_path: str,
+                         before_unpickling: Callable[[], None] = lambda: None) -> bool:
     """Rewrite the checkpoint ``in_path`` in the plain format to ``out_path`` (atomically).
 
-    **Unpickles ``in_path`` with ``weights_only=False``: it runs whatever code the file holds.**
-    Only for files you trust (e.g. written by your own older code with classes the safe loader
-    refuses). Raises ``ValueError`` when ``out_path`` is ``in_path`` (same file, any spelling),
-    :class:`PlainFormatError` when a value has no plain form; the result is checked to load with
-    plain ``torch.load(weights_only=True)`` before it is written.
+    A file the safe loader reads (:func:`greenmim_mm.checkpoint_loading.load_checkpoint_file`) is
+    rewritten from what it returns, running nothing from the file. Otherwise
+    ``before_unpickling()`` is called (the tool prints its warning) and ``in_path`` is
+    **unpickled with ``weights_only=False``: it runs whatever code the file holds.** Only for
+    files you produced yourself. Returns whether that unsafe unpickling happened.
+
+    Raises ``ValueError`` when ``out_path`` is ``in_path`` (same file, any spelling),
+    :class:`PlainFormatError` when a value has no plain form, whatever loading raises; the result
+    is checked to load with plain ``torch.load(weights_only=True)`` before it is written.
     """
     import io
 
+    from .checkpoint_loading import UnsafeCheckpointError, load_checkpoint_file
     from .fileio import atomic_write_bytes, is_same_file
     if is_same_file(in_path, out_path):
         raise ValueError(f'output {out_path} is the input file {in_path}; choose another path')
-    checkpoint = to_plain(torch.load(in_path, map_location='cpu', weights_only=False))
+    try:
+        checkpoint, unsafe = load_checkpoint_file(in_path, map_location='cpu'), False
+    except UnsafeCheckpointError:
+        before_unpickling()
+        checkpoint = torch.load(in_path, map_location='cpu', weights_only=False)
+        unsafe = True
     buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
+    torch.save(to_plain(checkpoint), buffer)
     buffer.seek(0)
     torch.load(buffer, weights_only=True)  # the point of the format: no allow-list needed
     atomic_write_bytes(out_path, buffer.getbuffer())
+    return unsafe

@@ -1,38 +1,54 @@
 """Loading checkpoint files safely: ``weights_only=True`` with an allow-list of inert classes.
 
 Every file a user hands us is treated as hostile. :func:`load_checkpoint_file` is the one way
-greenmim_mm opens a checkpoint; :func:`register_with_mmengine` routes mmengine's loaders (local
-paths and URLs, i.e. ``load_from``, ``resume``, ``init_cfg=dict(type='Pretrained', ...)``,
-``load_checkpoint``, mmdet's and mmpretrain's backbones) through it.
+greenmim_mm opens a checkpoint; :func:`register_with_mmengine` routes every scheme of mmengine's
+``CheckpointLoader`` through it (local paths, ``http(s)://`` and the schemes that download
+through it, ``open-mmlab://``, ``s3://``/``petrel://``, ``pavi://``), i.e. ``load_from``,
+``resume``, ``init_cfg=dict(type='Pretrained', ...)``, ``load_checkpoint`` and mmdet's and
+mmpretrain's backbones.
 
 Allowed besides what torch's weights-only unpickler allows by default (tensors, containers,
-numbers, strings, ``OrderedDict``): :data:`SAFE_GLOBALS`, all inert data classes or constructors
-of plain values -- numpy arrays, dtypes and scalars (mmcv/mmengine meta, old message hubs),
-``argparse.Namespace`` (the ``args`` of official GreenMIM / MAE / timm training checkpoints) and,
-for greenmim_mm/mmengine checkpoints written before the plain format
-(:mod:`greenmim_mm.checkpoint_format`), mmengine's ``HistoryBuffer`` mapped to the inert
-:class:`~greenmim_mm.checkpoint_format.LegacyHistoryBuffer` record, with the
-``getattr(HistoryBuffer, 'min' | 'max' | 'current' | 'mean')`` such pickles use for its statistics
-methods answered by a lookup of those four names on that record only. No allow-listed callable can
-reach an attribute, a module or code: ``builtins.getattr``, ``eval``, ``__import__``, ``partial``
-and the like are refused (torch's own list holds none of them).
+numbers, strings, ``OrderedDict``): inert records standing for numpy's pickled dtypes, arrays and
+scalars, rebuilt afterwards as plain numpy values only (:mod:`greenmim_mm.checkpoint_numpy`: no
+state from the file ever reaches numpy's ``__setstate__``), ``argparse.Namespace`` (the ``args``
+of official GreenMIM / MAE / timm training checkpoints) and, for greenmim_mm/mmengine checkpoints
+written before the plain format (:mod:`greenmim_mm.checkpoint_format`), mmengine's
+``HistoryBuffer`` mapped to the inert :class:`~greenmim_mm.checkpoint_format.LegacyHistoryBuffer`
+record, with the ``getattr(HistoryBuffer, 'min' | 'max' | 'current' | 'mean')`` such pickles use
+for its statistics methods answered by a lookup of those four names on that record only. No
+allow-listed callable can reach an attribute, a module or code: ``builtins.getattr``, ``eval``,
+``__import__``, ``partial`` and the like are refused (torch's own list holds none of them).
 
-A refused file raises :class:`UnsafeCheckpointError` naming the file and the global; an unreadable
-one (truncated, not a torch file) :class:`CheckpointLoadError`.
+Config text is never taken from a file: mmengine executes ``meta['config']`` on resume
+(``Runner.resume``) and ``meta['cfg']`` / ``message_hub['runtime_info']['cfg']`` in its
+inferencers when no config is given; :func:`drop_config_text` removes all three from what a
+loader returns (a warning for ``meta['config']``, which mmengine 0.10 never writes itself).
+
+A refused file raises :class:`UnsafeCheckpointError` naming the file and the global or the
+location of the bad value; an unreadable one (truncated, not a torch file)
+:class:`CheckpointLoadError`.
 """
 import argparse
+import io
+import logging
 import os
 import os.path as osp
 import pickle
 import re
 from typing import Any, Optional
 
-import numpy as np
 import torch
 
 from .checkpoint_format import HISTORY_STATISTICS, LegacyHistoryBuffer, from_plain
+from .checkpoint_numpy import UnsafeNumpyValue, pickle_globals, restore_numpy
 
 _HISTORY_BUFFER = 'mmengine.logging.history_buffer.HistoryBuffer'
+README_SECTION = 'README.md, section "Checkpoint files"'
+_INERT = ('tensors, containers, numbers, plain numpy arrays/scalars, argparse.Namespace, mmengine '
+          'HistoryBuffer')
+_SEE_README = (f'If you wrote this file yourself with your own classes, see {README_SECTION}: '
+               'its upgrade tool runs the code in the file and is only for files you produced '
+               'yourself')
 
 
 class CheckpointLoadError(RuntimeError):
@@ -40,7 +56,18 @@ class CheckpointLoadError(RuntimeError):
 
 
 class UnsafeCheckpointError(CheckpointLoadError, pickle.UnpicklingError):
-    """A checkpoint that pickles something outside the allow-list (it could run code)."""
+    """A checkpoint that pickles something outside the allow-list (it could run code) or a numpy
+    value that is not plain (it could corrupt memory)."""
+
+
+def _global_name(obj: Any) -> str:
+    """How a pickle names ``obj`` (an allow-listed global), else ``<a module.Type>``."""
+    for name, value in torch._weights_only_unpickler._get_user_allowed_globals().items():
+        if value is obj:
+            return name
+    if obj is LegacyHistoryBuffer:
+        return _HISTORY_BUFFER
+    return f'<a {type(obj).__module__}.{type(obj).__qualname__}>'
 
 
 def _history_statistic(owner, name):
@@ -48,40 +75,40 @@ def _history_statistic(owner, name):
     ``getattr(HistoryBuffer, <statistic>)`` is answered (with the statistic's name)."""
     if owner is LegacyHistoryBuffer and name in HISTORY_STATISTICS:
         return name
+    shown = repr(name) if isinstance(name, str) else _global_name(name)
     raise pickle.UnpicklingError(
-        f'getattr({owner!r}, {name!r}) (builtins.getattr is only answered for '
-        f'HistoryBuffer.{"|".join(HISTORY_STATISTICS)})')
-
-
-def _numpy_globals() -> list:
-    """numpy array, dtype and scalar reconstruction, under numpy 2 and numpy 1 names."""
-    core = np._core if hasattr(np, '_core') else np.core
-    reconstruct, scalar = core.multiarray._reconstruct, core.multiarray.scalar
-    found = [np.ndarray, np.dtype, reconstruct, scalar,
-             (reconstruct, 'numpy.core.multiarray._reconstruct'),
-             (scalar, 'numpy.core.multiarray.scalar')]
-    dtype_classes = getattr(np, 'dtypes', None)  # numpy >= 1.25: type(np.dtype('f8')) etc.
-    if dtype_classes is not None:
-        found += [getattr(dtype_classes, n) for n in dir(dtype_classes) if n.endswith('DType')]
-    return found
+        f'builtins.getattr({_global_name(owner)}, {shown[:80]}) (only '
+        f'getattr(HistoryBuffer, {"|".join(HISTORY_STATISTICS)}) of old mmengine files is '
+        'answered)')
 
 
 def safe_globals() -> list:
     """The allow-list (for ``torch.serialization.safe_globals``); see the module docstring."""
-    return _numpy_globals() + [
+    return pickle_globals() + [
         argparse.Namespace,
         (LegacyHistoryBuffer, _HISTORY_BUFFER),
         (_history_statistic, 'builtins.getattr'),
     ]
 
 
-def _refused_global(err: Exception) -> Optional[str]:
-    text = str(err)
+def _unpickler_cause(err: Exception) -> str:
+    """The reason in a torch weights-only error, without torch's advice around it (torch wraps
+    the unpickler's message in 'Weights only load failed. ... WeightsUnpickler error: ...')."""
+    text = str(err).split('\n\nCheck the documentation of torch.load')[0]
+    if 'WeightsUnpickler error:' in text:
+        text = text.split('WeightsUnpickler error:', 1)[1]
+    elif text.startswith('Weights only load failed.'):
+        text = text.split('\n\n')[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _refused_global(cause: str) -> Optional[str]:
     for pattern in (r'Unsupported global: GLOBAL (\S+)', r'unsupported GLOBAL (\S+)',
-                    r'(getattr\(.*\) \(builtins\.getattr is only answered[^\n]*\))',
+                    r'^(builtins\.getattr\(.+?\) \(only getattr[^\n]*\))$',
                     r'Trying to call reduce for unrecognized function ([^\n]+)',
                     r'(Can only (?:create|build)[^\n]+)'):
-        found = re.search(pattern, text)
+        found = re.search(pattern, cause)
         if found:
             name = found.group(1).rstrip('.')
             # torch prints builtins without their module ('GLOBAL print')
@@ -90,52 +117,106 @@ def _refused_global(err: Exception) -> Optional[str]:
 
 
 def _describe(path: str, err: Exception) -> CheckpointLoadError:
-    what = _refused_global(err)
-    if what is not None or isinstance(err, pickle.UnpicklingError):
-        what = what or str(err).strip().splitlines()[0]
+    cause = _unpickler_cause(err)
+    what = _refused_global(cause)
+    if what is not None:
         return UnsafeCheckpointError(
             f'cannot read {path}: it pickles {what}, which is not allowed (greenmim_mm loads '
-            'checkpoints weights-only with inert classes only: tensors, containers, numbers, '
-            'numpy arrays/scalars, argparse.Namespace, mmengine HistoryBuffer); such a file can '
-            'run code when loaded. Only if you trust its origin, convert it with: python '
-            f'tools/upgrade_checkpoint.py --trust {path} NEW.pth')
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ''
+            f'checkpoints weights-only with inert classes only: {_INERT}); such a file can run '
+            f'code when loaded. {_SEE_README}.')
+    if isinstance(err, pickle.UnpicklingError):
+        return UnsafeCheckpointError(
+            f'cannot read {path}: its pickle data is refused by weights-only loading ({cause}); '
+            f'it is malformed or uses pickle features that can run code. {_SEE_README}.')
     return CheckpointLoadError(f'cannot read {path} as a torch checkpoint: '
-                               f'{type(err).__name__}: {text}')
+                               f'{type(err).__name__}: {cause}')
 
 
 def load_checkpoint_file(path: str, map_location: Any = None) -> Any:
-    """Load the checkpoint at ``path`` weights-only with :func:`safe_globals`, then restore
-    plain-format and legacy values (:func:`greenmim_mm.checkpoint_format.from_plain`).
+    """Load the checkpoint at ``path`` weights-only with :func:`safe_globals`, rebuild and check
+    its numpy values (:func:`greenmim_mm.checkpoint_numpy.restore_numpy`), drop its config text
+    (:func:`drop_config_text`), then restore plain-format and legacy values
+    (:func:`greenmim_mm.checkpoint_format.from_plain`).
 
     Raises ``FileNotFoundError`` ('... can not be found', as mmengine's loader),
-    :class:`UnsafeCheckpointError` for a refused global, :class:`CheckpointLoadError` for an
-    unreadable file.
+    :class:`UnsafeCheckpointError` for a refused global or numpy value,
+    :class:`CheckpointLoadError` for an unreadable file.
     """
     path = osp.expanduser(os.fspath(path))
     if not osp.isfile(path):
         raise FileNotFoundError(f'{path} can not be found.')
+    return _load(path, path, map_location)
+
+
+def load_checkpoint_bytes(data: bytes, source: str, map_location: Any = None) -> Any:
+    """:func:`load_checkpoint_file` for a checkpoint's bytes fetched from ``source`` (a URL
+    named in messages)."""
+    with io.BytesIO(data) as buffer:
+        return _load(buffer, source, map_location)
+
+
+def _load(file: Any, source: str, map_location: Any) -> Any:
     try:
         with torch.serialization.safe_globals(safe_globals()):
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+            checkpoint = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as err:  # unpickling, zip and EOF errors all mean "not loadable"
-        raise _describe(path, err) from None
-    return _restored(path, checkpoint)
+        raise _describe(source, err) from None
+    return _restored(source, checkpoint)
 
 
-def _restored(path: str, checkpoint: Any) -> Any:
+def _restored(source: str, checkpoint: Any) -> Any:
+    try:
+        checkpoint = restore_numpy(checkpoint)
+    except UnsafeNumpyValue as err:
+        raise UnsafeCheckpointError(
+            f'cannot read {source}: {err}; such a value can crash the process or corrupt memory '
+            f'when read (allowed: {_INERT}). {_SEE_README}.') from None
+    except RecursionError:
+        raise CheckpointLoadError(f'cannot read {source}: its data is nested too deeply') from None
+    drop_config_text(checkpoint, source)
     try:
         return from_plain(checkpoint)
+    except UnsafeNumpyValue as err:
+        raise UnsafeCheckpointError(f'cannot read {source}: {err}. {_SEE_README}.') from None
     except Exception as err:
-        raise CheckpointLoadError(f'cannot read {path}: malformed greenmim_mm/mmengine values: '
+        raise CheckpointLoadError(f'cannot read {source}: malformed greenmim_mm/mmengine values: '
                                   f'{type(err).__name__}: {err}') from None
+
+
+def drop_config_text(checkpoint: Any, source: str) -> list:
+    """Remove the config text (str) mmengine would execute from a loaded checkpoint, in place:
+    ``meta['config']`` (``Runner.resume`` runs it; logged as a warning), ``meta['cfg']`` and
+    ``message_hub['runtime_info']['cfg']`` (mmengine's inferencers run them when built without
+    a config; every mmengine checkpoint holds them, so only logged at debug level). A resumed
+    run keeps its own config text in the message hub. Returns the locations removed."""
+    from mmengine.logging import print_log
+    dropped = []
+    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    hub = checkpoint.get('message_hub') if isinstance(checkpoint, dict) else None
+    info = hub.get('runtime_info') if isinstance(hub, dict) else None
+    for where, holder, key in (("meta['config']", meta, 'config'), ("meta['cfg']", meta, 'cfg'),
+                               ("message_hub['runtime_info']['cfg']", info, 'cfg')):
+        if isinstance(holder, dict) and isinstance(holder.get(key), (str, bytes)):
+            del holder[key]
+            dropped.append(where)
+    resumed = hub.get('resumed_keys') if isinstance(hub, dict) else None
+    if "message_hub['runtime_info']['cfg']" in dropped and isinstance(resumed, dict):
+        resumed.pop('cfg', None)
+    if "meta['config']" in dropped:
+        print_log(f"ignoring meta['config'] in {source}: config text in a checkpoint is Python "
+                  'code (mmengine would execute it on resume); greenmim_mm never runs code from '
+                  'a checkpoint', logger='current', level=logging.WARNING)
+    if dropped:
+        print_log(f'not loaded from {source} (config text, executable): {", ".join(dropped)}',
+                  logger='current', level=logging.DEBUG)
+    return dropped
 
 
 def load_url_safely(url: str, model_dir: Optional[str] = None, map_location: Any = None,
                     progress: bool = True, check_hash: bool = False,
                     file_name: Optional[str] = None) -> Any:
-    """mmengine's ``load_url`` (torch.hub's download cache), loading weights-only with
-    :func:`safe_globals` (torch.hub's own default is ``weights_only=False``)."""
+    """mmengine's ``load_url`` (torch.hub's download cache), loading the downloaded file like
+    :func:`load_checkpoint_file` (torch.hub's own default is ``weights_only=False``)."""
     try:
         with torch.serialization.safe_globals(safe_globals()):
             checkpoint = torch.hub.load_state_dict_from_url(
@@ -152,11 +233,84 @@ def load_from_local_weights_only(filename: str, map_location: Any = None) -> Any
     return load_checkpoint_file(filename, map_location)
 
 
-def register_with_mmengine() -> None:
-    """Route mmengine's checkpoint loading through this module: the local-path scheme
-    (``CheckpointLoader``'s empty prefix) and the URL download every remote scheme uses
-    (``http(s)://``, ``torchvision://``, ``open-mmlab://``, ``mmcls://``). Idempotent."""
+def load_from_ceph_weights_only(filename: str, map_location: Any = None,
+                                backend: str = 'petrel') -> Any:
+    """mmengine's ``load_from_ceph`` (``s3://``, ``petrel://``, ``<cluster>:s3://``): the bytes
+    from mmengine's file backend, loaded like :func:`load_checkpoint_file`."""
     from mmengine.runner import checkpoint as mmengine_checkpoint
-    mmengine_checkpoint.CheckpointLoader.register_scheme(
-        prefixes='', loader=load_from_local_weights_only, force=True)
+    file_backend = mmengine_checkpoint.get_file_backend(filename,
+                                                        backend_args={'backend': backend})
+    return load_checkpoint_bytes(file_backend.get(filename), filename, map_location)
+
+
+def load_from_pavi_weights_only(filename: str, map_location: Any = None) -> Any:
+    """mmengine's ``load_from_pavi`` (``pavi://``): download with pavi's model cloud into a
+    temporary directory, then :func:`load_checkpoint_file`."""
+    import tempfile
+    if not filename.startswith('pavi://'):
+        raise ValueError(f'Expected filename startswith `pavi://`, but get {filename}')
+    try:
+        from pavi import modelcloud
+    except ImportError:
+        raise ImportError('Please install pavi to load checkpoint from modelcloud.') from None
+    model = modelcloud.get(filename[len('pavi://'):])
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        downloaded = osp.join(tmp_dir, osp.basename(str(model.name)))
+        model.download(downloaded)
+        with open(downloaded, 'rb') as f:
+            return load_checkpoint_bytes(f.read(), filename, map_location)
+
+
+def load_from_openmmlab_weights_only(filename: str, map_location: Any = None) -> Any:
+    """mmengine's ``load_from_openmmlab`` (``open-mmlab://``, ``openmmlab://``): a model name
+    resolved to a URL (downloaded through :func:`load_url_safely`) or to a file under
+    ``$MMENGINE_HOME`` (:func:`load_checkpoint_file`)."""
+    from mmengine.runner import checkpoint as mmengine_checkpoint
+    prefix = 'open-mmlab://' if filename.startswith('open-mmlab://') else 'openmmlab://'
+    name = filename[len(prefix):]
+    name = mmengine_checkpoint.get_deprecated_model_names().get(name, name)
+    url = mmengine_checkpoint.get_external_models()[name]
+    if url.startswith(('http://', 'https://')):
+        return mmengine_checkpoint.load_from_http(url, map_location=map_location)
+    return load_checkpoint_file(osp.join(mmengine_checkpoint._get_mmengine_home(), url),
+                                map_location)
+
+
+# mmengine 0.10.7's schemes: ours replace the ones that call torch.load; the others reach a file
+# only through load_from_http -> load_url, which register_with_mmengine replaces
+_ROUTED = {'': load_from_local_weights_only,
+           r'(\S+\:)?s3://': load_from_ceph_weights_only,
+           r'(\S+\:)?petrel://': load_from_ceph_weights_only,
+           'pavi://': load_from_pavi_weights_only,
+           'open-mmlab://': load_from_openmmlab_weights_only,
+           'openmmlab://': load_from_openmmlab_weights_only}
+_VIA_LOAD_URL = {'http://': 'load_from_http', 'https://': 'load_from_http',
+                 'modelzoo://': 'load_from_torchvision', 'torchvision://': 'load_from_torchvision',
+                 'mmcls://': 'load_from_mmcls'}
+
+
+def _refuse_scheme(prefix: str):
+    def refuse(filename, map_location=None, *args, **kwargs):
+        raise CheckpointLoadError(
+            f'cannot read {filename}: its scheme {prefix!r} loads files with a loader greenmim_mm '
+            'cannot check (not weights-only); download the file and give its local path')
+    refuse.__name__ = 'load_from_unchecked_scheme'
+    return refuse
+
+
+def register_with_mmengine() -> None:
+    """Route every scheme of mmengine's ``CheckpointLoader`` through this module: the ones that
+    call ``torch.load`` (:data:`_ROUTED`) are replaced, the URL download the others use
+    (``load_url``) is replaced by :func:`load_url_safely`, and a scheme registered by anyone else
+    is refused with a clear error. Idempotent."""
+    from mmengine.runner import checkpoint as mmengine_checkpoint
+    loader = mmengine_checkpoint.CheckpointLoader
     mmengine_checkpoint.load_url = load_url_safely
+    for prefix, routed in _ROUTED.items():
+        loader.register_scheme(prefixes=prefix, loader=routed, force=True)
+    for prefix, current in list(loader._schemes.items()):
+        safe = current in _ROUTED.values() or current.__name__ == 'load_from_unchecked_scheme' \
+            or (_VIA_LOAD_URL.get(prefix) == current.__name__
+                and current.__module__ == mmengine_checkpoint.__name__)
+        if not safe:
+            loader.register_scheme(prefixes=prefix, loader=_refuse_scheme(prefix), force=True)
