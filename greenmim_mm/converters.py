@@ -466,12 +466,13 @@ def convert_file(in_path: str, out_path: str, src: str, window: Optional[int] = 
         raise ConversionError(f'output {out_path} is the input file {in_path}: refusing to '
                               'overwrite it; choose another output path')
     state_dict, notes = convert_checkpoint(read_checkpoint(in_path), src, window, stage_windows)
+    existed = osp.exists(out_path)
     try:
         atomic_torch_save({'state_dict': state_dict}, out_path)
     except OSError as err:
+        kept = f', an existing {osp.basename(out_path)} is unchanged' if existed else ''
         raise ConversionError(f'cannot write {out_path}: {err.strerror or err} '
-                              f'(errno {err.errno}); nothing was written, an existing '
-                              f'{osp.basename(out_path)} is unchanged') from None
+                              f'(errno {err.errno}); nothing was written{kept}') from None
     return notes
 
 

@@ -72,7 +72,7 @@ def map_backbone_keys(state_dict: Dict, prefix: str, filename: str) -> Dict[str,
         raise CheckpointError(
             f'{filename}: a converted backbone holds only backbone.* keys; found '
             f'{_sample(others) or "none at all"}. Convert it first: '
-            'python tools/convert_checkpoint.py --src greenmim_mm IN OUT')
+            'tools/env.sh python tools/convert_checkpoint.py --src greenmim_mm IN OUT')
     return {prefix + k[len(SRC_PREFIX):]: v for k, v in state_dict.items()}
 
 
