@@ -35,10 +35,11 @@ FINETUNE_PT = osp.join(ROOT, 'configs/finetune/greenswin-nano_greenmim-pt_demo-c
 DETECTION = osp.join(ROOT, 'configs/detection/mask-rcnn_greenswin-nano_fpn_demo_128px.py')
 
 
-def write_payload(path, marker) -> None:
+def write_payload(path, marker, expression=None) -> None:
     """The issue's payload: runs ``open(marker, 'w')`` through eval if unpickled with getattr
-    reachable, and then loads as a normal checkpoint (the expression returns a tensor)."""
-    expression = f"(open({str(marker)!r}, 'w').write('pwned'), __import__('torch').zeros(1))[1]"
+    reachable, and then loads as a normal checkpoint (the default expression returns a tensor)."""
+    expression = expression or (
+        f"(open({str(marker)!r}, 'w').write('pwned'), __import__('torch').zeros(1))[1]")
 
     class B:
         __reduce__ = lambda self: (getattr, (getattr, '__self__'))  # noqa: E731  -> builtins
@@ -88,9 +89,19 @@ def assert_one_line_error(code, tool: str, path: str) -> None:
 
 
 def assert_refused(message: str, path: str) -> None:
-    assert f'cannot read {path}: it pickles getattr(' in message
-    assert "'__self__'" in message and 'which is not allowed' in message
-    assert f'tools/upgrade_checkpoint.py --trust {path}' in message
+    """The payload named as pickled (no internal reprs), and no command that would run it."""
+    assert (f"cannot read {path}: it pickles builtins.getattr(builtins.getattr, '__self__')"
+            in message) and 'which is not allowed' in message
+    assert ' at 0x' not in message and '<function' not in message
+    assert_points_to_readme(message)
+
+
+def assert_points_to_readme(message: str) -> None:
+    """Issue 9 review C: a refusal points to the README, says the upgrade tool runs the file's
+    code, and hands out no command (running the upgrade tool on an attack file runs it)."""
+    assert 'see README.md, section "Checkpoint files"' in message
+    assert 'runs the code in the file and is only for files you produced yourself' in message
+    assert 'upgrade_checkpoint' not in message and '--trust' not in message
 
 
 # ---------------------------------------------------------------------------- the payload
@@ -307,7 +318,7 @@ def test_old_mmengine_history_buffers_load_without_getattr(tmp_path):
                path)
     with pytest.raises(pickle.UnpicklingError, match='HistoryBuffer'):
         torch.load(path, weights_only=True)
-    from greenmim_mm.checkpoint_loading import _numpy_globals
+    from greenmim_mm.checkpoint_numpy import pickle_globals as _numpy_globals
     with pytest.raises(pickle.UnpicklingError, match='getattr'):  # what the old allow-list needed
         with torch.serialization.safe_globals([HistoryBuffer] + _numpy_globals()):
             torch.load(path, weights_only=True)
