@@ -19,6 +19,7 @@ Plain dtypes only (:func:`check_plain_dtype`): kinds bool, signed/unsigned int, 
 meta holds class-name arrays), any byte order; never object, void/structured, subarray, datetime or
 numpy 2's variable-width ``StringDType`` (which holds pointers).
 """
+import pickle
 import re
 from typing import Any
 
@@ -63,10 +64,19 @@ class NdarrayName(_Record):
     """Stands for the ``numpy.ndarray`` global (only ever an argument of ``_reconstruct``)."""
 
 
+def empty_bytes(*args) -> bytes:
+    """``bytes()`` -- how pickle protocol 2 writes the raw data of an empty array. Any argument
+    (``bytes(10**12)`` would allocate) is refused."""
+    if args:
+        raise pickle.UnpicklingError('builtins.bytes(...) with arguments is not allowed')
+    return b''
+
+
 def pickle_globals() -> list:
     """``(record, pickled name)`` pairs for ``torch.serialization.safe_globals``, under numpy 2
-    (``numpy._core``) and numpy 1 (``numpy.core``) names."""
-    found = [(DtypeRecord, 'numpy.dtype'), (NdarrayName, 'numpy.ndarray')]
+    (``numpy._core``) and numpy 1 (``numpy.core``) names, and :func:`empty_bytes`."""
+    found = [(DtypeRecord, 'numpy.dtype'), (NdarrayName, 'numpy.ndarray'),
+             (empty_bytes, 'builtins.bytes')]
     for core in ('numpy._core', 'numpy.core'):
         found += [(ArrayRecord, f'{core}.multiarray._reconstruct'),
                   (ScalarRecord, f'{core}.multiarray.scalar')]

@@ -142,17 +142,17 @@ def test_train_resume_refuses_the_overlapping_dtype(tmp_path, tiny_demo):
 
 
 def test_plain_numpy_values_of_every_kind_still_load(tmp_path):
-    """Real numpy pickles (numpy 2 writer): byte orders, Fortran order, 0-d, str/bytes arrays,
-    scalars and dtypes come back equal, with the same dtype, as owned arrays."""
+    """Real numpy pickles (numpy 2 writer): byte orders, Fortran order, 0-d, empty (raw data
+    ``bytes()``), str/bytes arrays, scalars and dtypes come back equal, with the same dtype."""
     values = {'f_order': np.asfortranarray(np.arange(6, dtype='>f4').reshape(2, 3)),
               'zero_d': np.array(2.5), 'text': np.array(['ab', 'c']), 'raw': np.array([b'xy']),
-              'c': np.complex64(1 + 2j),
+              'empty': np.zeros((0, 3), dtype=np.int16), 'c': np.complex64(1 + 2j),
               'u': np.uint8(200), 'b': np.bool_(True), 'dt': np.dtype('<U3'),
               'shared': [np.arange(2)] * 2}
     path = tmp_path / 'np.pth'
     torch.save(values, path)
     loaded = load_checkpoint_file(str(path))
-    for key in ('f_order', 'zero_d', 'text', 'raw'):
+    for key in ('f_order', 'zero_d', 'text', 'raw', 'empty'):
         got, want = loaded[key], values[key]
         assert type(got) is np.ndarray and got.dtype == want.dtype and got.shape == want.shape
         assert got.flags.owndata or got.base is not None and got.base.flags.owndata
@@ -207,7 +207,8 @@ def test_train_resume_does_not_run_config_text(tmp_path, tiny_demo):
     assert result.returncode == 0, result.stderr[-3000:]
     assert not marker.exists()
     output = result.stdout + result.stderr
-    assert f"ignoring meta['config'] in {evil}: config text in a checkpoint is Python code" in output
+    assert (f"ignoring meta['config'] in {evil}: config text in a checkpoint is Python code"
+            in output)
     assert 'resumed epoch: 1' in output
     resumed = load_checkpoint_file(str(work2 / 'epoch_2.pth'))
     assert 'config' not in resumed['meta']
@@ -249,6 +250,15 @@ def test_unsupported_opcode_message_is_clean(tmp_path):
                               'features that can run code.')
     assert 'Weights only load failed' not in message and 'PyTorch 2.6' not in message
     assert_points_to_readme(message)
+
+
+def test_bytes_is_only_allowed_empty(tmp_path):
+    """``builtins.bytes`` answers only ``bytes()`` (empty arrays), not an allocation."""
+    path = tmp_path / 'alloc.pth'
+    torch.save({'x': Pickled(bytes, (10**12, ))}, path)
+    with pytest.raises(UnsafeCheckpointError, match=r'\(builtins.bytes\(...\) with arguments is '
+                       'not allowed\)'):
+        load_checkpoint_file(str(path))
 
 
 def test_converter_write_failure_without_an_existing_output(tmp_path, monkeypatch):
