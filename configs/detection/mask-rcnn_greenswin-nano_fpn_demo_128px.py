@@ -24,7 +24,7 @@ model = dict(
     backbone=dict(
         _delete_=True,
         type='greenmim_mm.GreenSwinTransformer',
-        arch=dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[2, 4, 4, 8]),
+        arch='nano',  # GreenSwinTransformer's demo size: embed 32, depths 2-2-2-2, heads 2-4-4-8
         img_size=128,
         window_size=4,  # maps 32/16/8/4 at 128 px, as in the pre-training
         drop_path_rate=0.1,

@@ -16,7 +16,7 @@ model = dict(
     type='ImageClassifier',
     backbone=dict(
         type='GreenSwinTransformer',
-        arch=dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[2, 4, 4, 8]),
+        arch='nano',  # GreenSwinTransformer's demo size: embed 32, depths 2-2-2-2, heads 2-4-4-8
         img_size=128,
         window_size=4,
         drop_path_rate=0.1),  # random init; the greenmim-pt variant adds a Pretrained init_cfg

@@ -15,7 +15,7 @@ model = dict(
     mask_ratio=0.75,
     backbone=dict(
         type='GreenSwinTransformer',
-        arch=dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[2, 4, 4, 8]),
+        arch='nano',  # GreenSwinTransformer's demo size: embed 32, depths 2-2-2-2, heads 2-4-4-8
         img_size=img_size,
         window_size=4,
         drop_path_rate=0.0,

@@ -3,7 +3,8 @@
 Both take the visible tokens ``x`` (B, N, C) of one stage in raster order, a :class:`WindowPlan`
 and one Swin block's attention weights, and return the attention output before the output
 projection, (B, N, C), in raster order. A token attends exactly the visible tokens of its own
-window, with Swin's relative position bias looked up from coordinate differences.
+window, with Swin's relative position bias looked up from coordinate differences when a bias
+table is given (``table=None``: no bias, as in Twins' LSA).
 
 * ``'sdpa'`` (portable, CPU and GPU): windows packed into G equal groups of g slots (padding
   included), ``F.scaled_dot_product_attention`` with an additive mask carrying the bias and -inf
@@ -62,7 +63,10 @@ def padded_window_attention(x: torch.Tensor, plan: WindowPlan, qkv_weight: torch
     qkv = torch.cat([qkv, qkv.new_zeros(b, 1, *qkv.shape[2:])], dim=1)   # padding row N
     qkv = qkv[:, plan.slots.reshape(-1)].view(b, g_count, g, 3, num_heads, c // num_heads)
     q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, b, g_count * num_heads, g, -1).unbind(0)
-    bias = table[plan.rel_index].permute(0, 3, 1, 2)                      # (G, heads, g, g)
+    if table is None:
+        bias = q.new_zeros(g_count, 1, g, g).expand(-1, num_heads, -1, -1)
+    else:
+        bias = table[plan.rel_index].permute(0, 3, 1, 2)                  # (G, heads, g, g)
     bias = bias.masked_fill(~plan.allowed[:, None], float('-inf'))
     bias = bias.reshape(1, g_count * num_heads, g, g).to(q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p,
@@ -107,11 +111,14 @@ def flex_window_attention(x: torch.Tensor, plan: WindowPlan, qkv_weight: torch.T
     qkv = _split_heads_qkv(x[:, plan.order], qkv_weight, qkv_bias, num_heads)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                          # (B, heads, N, hd)
     rows, cols, w = plan.coords[:, 0], plan.coords[:, 1], plan.window
-    last = table.shape[0] - 1
+    add_bias = None
+    if table is not None:
+        last = table.shape[0] - 1
 
-    def add_bias(score, bi, h, q_idx, kv_idx):
-        idx = (rows[q_idx] - rows[kv_idx] + w - 1) * (2 * w - 1) + (cols[q_idx] - cols[kv_idx] + w - 1)
-        return score + table[idx.clamp(0, last), h].to(score.dtype)
+        def add_bias(score, bi, h, q_idx, kv_idx):
+            idx = ((rows[q_idx] - rows[kv_idx] + w - 1) * (2 * w - 1)
+                   + (cols[q_idx] - cols[kv_idx] + w - 1))
+            return score + table[idx.clamp(0, last), h].to(score.dtype)
 
     attend = _compiled_flex() if x.is_cuda else flex_attention  # eager (unfused) on CPU
     out = attend(q, k, v, score_mod=add_bias, block_mask=block_mask, scale=scale)
@@ -121,7 +128,12 @@ def flex_window_attention(x: torch.Tensor, plan: WindowPlan, qkv_weight: torch.T
 
 def window_attention(x, plan, qkv_weight, qkv_bias, table, num_heads, scale,
                      backend: str = 'sdpa', dropout_p: float = 0.0) -> torch.Tensor:
-    """Dispatch to a resolved backend ('sdpa' or 'flex')."""
+    """Dispatch to a resolved backend ('sdpa' or 'flex'); ValueError if ``plan`` was built for
+    the other backend's layout."""
+    want = 'packed' if backend == 'flex' else 'padded'
+    if plan.layout != want:
+        raise ValueError(f'attention backend {backend!r} needs a {want!r} window plan; got '
+                         f'{plan.layout!r} (build the geometry for the backend in use)')
     if backend == 'flex':
         return flex_window_attention(x, plan, qkv_weight, qkv_bias, table, num_heads, scale)
     return padded_window_attention(x, plan, qkv_weight, qkv_bias, table, num_heads, scale,

@@ -1,7 +1,10 @@
-"""Sparse Swin geometry: windows from absolute coordinates, grouped window plans, merge indices.
+"""Window attention layouts from absolute coordinates: window ids, grouped (padded) or packed plans.
 
-Everything here runs once per forward pass on the CPU (numpy) from the batch-shared mask, and is
-moved to the compute device in one transfer: no host-device synchronisation happens per block.
+The backbone-neutral part (visible coordinates per stage, k×k children, scatter/gather) is in
+``geometry.py``; this file holds the window rules (Swin's shifted windows, Twins' LSA windows
+with shift 0). Everything here runs once per forward pass on the CPU (numpy) from the
+batch-shared mask, and is moved to the compute device in one transfer: no host-device
+synchronisation happens per block.
 
 Window partition (GreenMIM §2.5): for window ``w`` and shift ``s`` a token at (r, c) lies in window
 ``((r + o) // w, (c + o) // w)`` with ``o = (w - s) % w``. Shifted windows therefore start at
@@ -13,39 +16,47 @@ Relative position bias index of a query/key pair in one window (same formula as 
 coordinate difference query - key.
 """
 from dataclasses import dataclass, fields
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from .geometry import StageGeometry, child_index, visible_coords
 from .grouping import optimal_grouping
 
 GROUPING_POLICIES = ('optimal', 'window', 'single')
+
+
+LAYOUTS = ('padded', 'packed')
 
 
 @dataclass
 class WindowPlan:
     """Attention layout of one stage and shift parity (N visible tokens, G groups of g slots).
 
-    Padded layout (portable backend):
+    Only the layout of the attention backend in use is built (``layout``); the other's fields
+    are None.
+
+    Padded layout ('padded', SDPA backend):
         slots (G, g) long: token index of each slot; padding slots hold N (an appended zero row).
         inverse (N,) long: flat slot position (in G*g) of every token.
         rel_index (G, g, g) long: bias-table row of each query/key slot pair (0 where not allowed).
         allowed (G, g, g) bool: True where a query slot may attend a key slot (same window; a padding
             slot attends only itself, so no softmax row is empty).
-    Packed layout (FlexAttention backend, no padding):
+    Packed layout ('packed', FlexAttention backend, no grouping and no padding):
         order (N,) long: tokens sorted by window; window_id (N,) long: dense window id per sorted
         token; coords (N, 2) long: their (row, col).
     """
     window: int
     shift: int
-    slots: torch.Tensor
-    inverse: torch.Tensor
-    rel_index: torch.Tensor
-    allowed: torch.Tensor
-    order: torch.Tensor
-    window_id: torch.Tensor
-    coords: torch.Tensor
+    layout: str
+    slots: Optional[torch.Tensor] = None
+    inverse: Optional[torch.Tensor] = None
+    rel_index: Optional[torch.Tensor] = None
+    allowed: Optional[torch.Tensor] = None
+    order: Optional[torch.Tensor] = None
+    window_id: Optional[torch.Tensor] = None
+    coords: Optional[torch.Tensor] = None
 
     def to(self, device) -> 'WindowPlan':
         """Copy the tensors to ``device`` (non-blocking)."""
@@ -57,30 +68,8 @@ class WindowPlan:
 
     @property
     def padded_slots(self) -> int:
-        return int(self.slots.numel())
-
-
-@dataclass
-class StageGeometry:
-    """Visible tokens of one stage (raster order) and how they are attended and merged.
-
-    hw: the stage's full grid (H, W). coords (N, 2) long.
-    plans: {(configured window, configured shift): WindowPlan} for the stage's blocks.
-    merge_index (N_next, 4) long or None: for every visible token of the next grid, its four
-    children in this stage's token list, in ``nn.Unfold`` kernel order (0,0), (0,1), (1,0), (1,1).
-    """
-    hw: Tuple[int, int]
-    coords: torch.Tensor
-    plans: Dict[Tuple[int, int], WindowPlan]
-    merge_index: Optional[torch.Tensor]
-
-    def to(self, device) -> 'StageGeometry':
-        moved = {}
-        for key, plan in self.plans.items():  # plans shared by several keys stay shared
-            same = next((k for k in moved if self.plans[k] is plan), None)
-            moved[key] = moved[same] if same is not None else plan.to(device)
-        merge = None if self.merge_index is None else self.merge_index.to(device, non_blocking=True)
-        return StageGeometry(self.hw, self.coords.to(device, non_blocking=True), moved, merge)
+        """Slots the attention runs on (G*g padded, N packed)."""
+        return int(self.slots.numel() if self.layout == 'padded' else self.order.numel())
 
 
 def effective_window(hw: Sequence[int], window: int, shift: int,
@@ -122,12 +111,29 @@ def choose_groups(counts: List[int], channels: int, policy: str) -> Tuple[int, L
     raise ValueError(f'grouping must be one of {GROUPING_POLICIES}; got {policy!r}')
 
 
+def layout_for_backend(backend: str) -> str:
+    """The window layout a resolved attention backend consumes: 'flex' -> 'packed', else
+    'padded'."""
+    return 'packed' if backend == 'flex' else 'padded'
+
+
 def build_window_plan(coords: np.ndarray, window: int, shift: int, channels: int,
-                      grouping: str = 'optimal') -> WindowPlan:
-    """Plan the attention of N visible tokens (coords (N, 2), raster order) in windows ``w``/``s``."""
-    n = len(coords)
+                      grouping: str = 'optimal', layout: str = 'padded') -> WindowPlan:
+    """Plan the attention of N visible tokens (coords (N, 2), raster order) in windows ``w``/``s``.
+
+    ``layout`` 'padded' groups the windows (``grouping``) into equal padded groups; 'packed'
+    only sorts the tokens by window (no grouping, no padding).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f'layout must be one of {LAYOUTS}; got {layout!r}')
     labels = window_labels(coords, window, shift)
     order = np.argsort(labels, kind='stable')
+    t = torch.from_numpy
+    if layout == 'packed':
+        return WindowPlan(window, shift, layout, order=t(order.astype(np.int64)),
+                          window_id=t(labels[order].astype(np.int64)),
+                          coords=t(coords[order].astype(np.int64)))
+    n = len(coords)
     counts = np.bincount(labels)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     g, groups = choose_groups(counts.tolist(), channels, grouping)
@@ -152,11 +158,8 @@ def build_window_plan(coords: np.ndarray, window: int, shift: int, channels: int
     pad_diag = (slot_label < 0)[:, :, None] & np.eye(g, dtype=bool)[None]
     allowed |= pad_diag
     rel_index = np.where(allowed, rel_index, 0)
-
-    t = torch.from_numpy
-    return WindowPlan(window, shift, t(slots), t(inverse), t(rel_index), t(allowed),
-                      t(order.astype(np.int64)), t(labels[order].astype(np.int64)),
-                      t(coords[order].astype(np.int64)))
+    return WindowPlan(window, shift, layout, slots=t(slots), inverse=t(inverse),
+                      rel_index=t(rel_index), allowed=t(allowed))
 
 
 def relative_position_index(q_coords, k_coords, window: int):
@@ -170,66 +173,36 @@ def relative_position_index(q_coords, k_coords, window: int):
     return (dr + window - 1) * (2 * window - 1) + (dc + window - 1)
 
 
-def merge_children(coords: np.ndarray, hw: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
-    """Visible coords of the 2x-downsampled grid and the (N', 4) indices of their children.
-
-    Every 2x2 block is wholly visible or wholly masked (mask units are 32 px), which is checked.
-    Children are in ``nn.Unfold`` kernel order (0,0), (0,1), (1,0), (1,1), matching mmcv's
-    ``PatchMerging`` channel layout.
-    """
-    h, w = int(hw[0]), int(hw[1])
-    index_map = np.full((h, w), -1, dtype=np.int64)
-    index_map[coords[:, 0], coords[:, 1]] = np.arange(len(coords))
-    blocks = index_map.reshape(h // 2, 2, w // 2, 2).transpose(0, 2, 1, 3).reshape(h // 2, w // 2, 4)
-    visible = blocks >= 0
-    if not np.all(visible.all(-1) == visible.any(-1)):
-        raise ValueError('a 2x2 merge block mixes visible and masked tokens; '
-                         'the mask must be given in 32-px units')
-    keep = visible.all(-1)
-    new_coords = np.argwhere(keep).astype(np.int64)
-    return new_coords, blocks[keep]
-
-
 def build_geometry(mask_tokens: np.ndarray, block_windows: Sequence[Sequence[Tuple[int, int]]],
                    channels: Sequence[int], pad_small_map: bool = False,
                    grouping: str = 'optimal',
-                   downsample: Optional[Sequence[bool]] = None) -> List[StageGeometry]:
-    """Per-stage geometry for a stage-0 token mask (H0, W0) (True = masked).
+                   downsample: Optional[Sequence[bool]] = None,
+                   layout: str = 'padded') -> List[StageGeometry]:
+    """Per-stage Swin geometry for a stage-0 token mask (H0, W0) (True = masked).
 
     block_windows[i]: the configured (window, shift) of every block of stage i; channels[i]: the
     stage's width (for the grouping cost model). The grid halves after every stage with
-    ``downsample[i]`` (default: all but the last). One plan is built per distinct effective
-    (window, shift) of a stage and shared by all its blocks that use it.
+    ``downsample[i]`` (default: all but the last; ``children[2]`` holds its merge index). One plan
+    of ``layout`` is built per distinct effective (window, shift) of a stage and shared by all its
+    blocks that use it.
     """
     n_stages = len(block_windows)
     downsample = [i < n_stages - 1 for i in range(n_stages)] if downsample is None else downsample
     hw = tuple(int(s) for s in mask_tokens.shape)
-    coords = np.argwhere(~mask_tokens).astype(np.int64)
+    coords = visible_coords(mask_tokens)
     stages = []
     for i in range(n_stages):
         plans, by_effective = {}, {}
         for key in dict.fromkeys(tuple(k) for k in block_windows[i]):
             eff = effective_window(hw, key[0], key[1], pad_small_map)
             if eff not in by_effective:
-                by_effective[eff] = build_window_plan(coords, eff[0], eff[1], channels[i], grouping)
+                by_effective[eff] = build_window_plan(coords, eff[0], eff[1], channels[i],
+                                                      grouping, layout)
             plans[key] = by_effective[eff]
-        merge = None
-        next_coords = coords
+        geo = StageGeometry(hw, torch.from_numpy(coords), plans)
         if downsample[i]:
-            if hw[0] % 2 or hw[1] % 2:
-                raise ValueError(f'stage {i} map {hw} cannot be merged 2x2')
-            next_coords, merge_np = merge_children(coords, hw)
-            merge = torch.from_numpy(merge_np)
-        stages.append(StageGeometry(hw, torch.from_numpy(coords), plans, merge))
-        if downsample[i]:
-            coords = next_coords
+            coords, merge = child_index(coords, hw, 2)
+            geo.children[2] = torch.from_numpy(merge)
             hw = (hw[0] // 2, hw[1] // 2)
+        stages.append(geo)
     return stages
-
-
-def gather_merge(x: torch.Tensor, merge_index: torch.Tensor) -> torch.Tensor:
-    """Sparse 2x2 patch-merging input: (B, N, C) tokens -> (B, N', 4C), channel-major like
-    ``nn.Unfold`` (channel c of child k lands at 4c + k), as mmcv's ``PatchMerging`` expects."""
-    b, _, c = x.shape
-    children = x[:, merge_index.reshape(-1)].view(b, -1, 4, c)
-    return children.transpose(2, 3).reshape(b, -1, 4 * c)

@@ -1,5 +1,5 @@
 """GreenSwinTransformer: one Swin, a dense path and an exact sparse (visible-tokens-only) path."""
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.utils.checkpoint as cp
@@ -7,15 +7,22 @@ from mmpretrain.models.backbones import SwinTransformer
 from mmpretrain.models.utils import resize_pos_embed
 
 from greenmim_mm.ops import (BACKENDS, GROUPING_POLICIES, StageGeometry, WindowPlan,
-                             build_geometry, check_mask, gather_merge, resolve_backend,
-                             upsample_mask, window_attention)
+                             build_geometry, gather_children, layout_for_backend,
+                             window_attention)
 from greenmim_mm.registry import MODELS
 from .pretrained import StrictPretrainedMixin
+from .sparse_backbone import SparseBackboneMixin
+
+# The demo/smoke-test size of the nano configs and tests (not a published model).
+SWIN_NANO = {'embed_dims': 32, 'depths': [2, 2, 2, 2], 'num_heads': [2, 4, 4, 8]}
 
 
 @MODELS.register_module()
-class GreenSwinTransformer(StrictPretrainedMixin, SwinTransformer):
+class GreenSwinTransformer(SparseBackboneMixin, StrictPretrainedMixin, SwinTransformer):
     """mmpretrain's ``SwinTransformer`` (same arguments, same state dict) plus a sparse path.
+
+    Implements the sparse-backbone contract (``sparse_backbone.py``). ``arch`` also accepts
+    ``'nano'`` (:data:`SWIN_NANO`, the demo size).
 
     * ``forward(x)``: the dense path, mmpretrain's own forward: a tuple of (B, C_i, H_i, W_i) maps.
     * ``forward(x, mask=mask)``: the sparse path. ``mask`` is a bool tensor (H/32, W/32), True =
@@ -48,6 +55,8 @@ class GreenSwinTransformer(StrictPretrainedMixin, SwinTransformer):
     OPTIONAL_MISSING = (r'norm\d+\.(weight|bias)',
                         r'stages\.\d+\.blocks\.\d+\.attn\.w_msa\.relative_position_index')
     OPTIONAL_UNEXPECTED = (r'norm\d+\.(weight|bias)', r'mask_token')
+
+    arch_zoo = {**SwinTransformer.arch_zoo, 'nano': SWIN_NANO}
 
     def __init__(self, *args, attn_backend: str = 'auto', grouping: str = 'optimal', **kwargs):
         if attn_backend not in BACKENDS:
@@ -95,6 +104,17 @@ class GreenSwinTransformer(StrictPretrainedMixin, SwinTransformer):
         merges = sum(stage.downsample is not None for stage in self.stages)
         return self.patch_stride * 2**merges
 
+    @property
+    def feature_info(self) -> List[Dict]:
+        """Per out index: channels, stride (px) and geometry stage (see the contract)."""
+        info = []
+        for i in self.out_indices:
+            after = self.out_after_downsample and self.stages[i].downsample is not None
+            info.append(dict(num_chs=int(self.num_features[i]),
+                             reduction=self.patch_stride * 2**(i + int(after)),
+                             stage=i + int(after), module=f'norm{i}'))
+        return info
+
     def _check_merging(self):
         for i, stage in enumerate(self.stages):
             ds = stage.downsample
@@ -109,19 +129,24 @@ class GreenSwinTransformer(StrictPretrainedMixin, SwinTransformer):
                 return
         self._sparse_unsupported = None
 
-    def sparse_geometry(self, mask: torch.Tensor, img_hw: Sequence[int]) -> List[StageGeometry]:
-        """CPU geometry of every stage for a (H/32, W/32) unit mask and an image of ``img_hw``."""
+    def sparse_geometry(self, mask: torch.Tensor, img_hw: Sequence[int],
+                        device=None) -> List[StageGeometry]:
+        """CPU geometry of every stage for a (H/32, W/32) unit mask and an image of ``img_hw``,
+        with the window layout of the attention backend used on ``device`` (default CPU)."""
         if self._sparse_unsupported:
             raise NotImplementedError(self._sparse_unsupported)
-        mask = check_mask(mask, img_hw, self.mask_unit)
-        tokens = upsample_mask(mask, self.mask_unit // self.patch_stride).numpy()
+        tokens = self.stage0_token_mask(mask, img_hw)
         block_windows = [[(blk.attn.window_size, blk.attn.shift_size) for blk in stage.blocks]
                          for stage in self.stages]
         channels = [stage.embed_dims for stage in self.stages]
         pad_small = any(blk.attn.pad_small_map for stage in self.stages for blk in stage.blocks)
         downsample = [stage.downsample is not None for stage in self.stages]
+        layout = layout_for_backend(self.attention_backend(device, self._max_attn_drop()))
         return build_geometry(tokens, block_windows, channels, pad_small, self.grouping,
-                              downsample)
+                              downsample, layout)
+
+    def _max_attn_drop(self) -> float:
+        return max(blk.attn.w_msa.attn_drop.p for stage in self.stages for blk in stage.blocks)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
@@ -139,14 +164,15 @@ class GreenSwinTransformer(StrictPretrainedMixin, SwinTransformer):
                        geometry: Optional[List[StageGeometry]] = None) -> Tuple[torch.Tensor, ...]:
         """Sparse path. x (B, 3, H, W), mask (H/32, W/32) bool -> tuple of (B, N_i, C_i)."""
         if geometry is None:
-            geometry = self.sparse_geometry(mask, x.shape[-2:])
+            geometry = self.sparse_geometry(mask, x.shape[-2:], x.device)
         geometry = [g.to(x.device) for g in geometry]
+        backend = self.attention_backend(x.device, self._max_attn_drop())
         x = self._embed_visible(x, geometry[0])
         outs = []
         for i, (stage, geo) in enumerate(zip(self.stages, geometry)):
             for blk in stage.blocks:
                 x = self._sparse_block(blk, x, geo.plans[(blk.attn.window_size,
-                                                          blk.attn.shift_size)])
+                                                          blk.attn.shift_size)], backend)
             if stage.downsample is not None and self.out_after_downsample:
                 x = self._sparse_merge(stage.downsample, x, geo.merge_index)
             if i in self.out_indices:
@@ -167,11 +193,10 @@ class GreenSwinTransformer(StrictPretrainedMixin, SwinTransformer):
         flat = geo.coords[:, 0] * hw_shape[1] + geo.coords[:, 1]
         return x[:, flat]
 
-    def _sparse_block(self, blk, x: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
+    def _sparse_block(self, blk, x: torch.Tensor, plan: WindowPlan, backend: str) -> torch.Tensor:
         """mmpretrain's ``SwinBlock.forward`` on visible tokens (B, N, C) with a window plan."""
         w_msa = blk.attn.w_msa
         dropout_p = w_msa.attn_drop.p if self.training else 0.0
-        backend = resolve_backend(self.attn_backend, x.device, dropout_p, self.training)
 
         def inner(x):
             identity = x
@@ -189,7 +214,7 @@ class GreenSwinTransformer(StrictPretrainedMixin, SwinTransformer):
     @staticmethod
     def _sparse_merge(merging, x: torch.Tensor, merge_index: torch.Tensor) -> torch.Tensor:
         """mmcv ``PatchMerging`` on visible tokens: (B, N, C) -> (B, N/4, C_out)."""
-        x = gather_merge(x, merge_index)
+        x = gather_children(x, merge_index)
         if merging.norm is not None:
             x = merging.norm(x)
         return merging.reduction(x)

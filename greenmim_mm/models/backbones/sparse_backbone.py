@@ -1,0 +1,46 @@
+"""The sparse-backbone contract shared by every GreenMIM backbone (Swin, Twins-SVT).
+
+A sparse backbone is a dense mmpretrain backbone (same arguments, same state dict) that also
+runs on the visible tokens of a batch-shared mask only:
+
+* ``mask_unit`` (int, px): side of one mask unit, the stride of the last stage (32). A mask is a
+  bool tensor (H / mask_unit, W / mask_unit), True = masked, shared by the batch.
+* ``feature_info`` (list of dict, one per out index, in the style of timm's ``feature_info``):
+  ``num_chs`` (channels C_i), ``reduction`` (stride in px), ``stage`` (index into the geometry
+  list whose ``coords`` locate the output's tokens).
+* ``sparse_geometry(mask, img_hw, device=None)`` -> list of ``StageGeometry`` (one per stage,
+  CPU tensors): each stage's full grid ``hw``, visible ``coords`` (N, 2) in raster order, and
+  only the layouts the backbone's blocks need for the attention backend resolved on ``device``.
+  Raises ValueError for an image not divisible by ``mask_unit``, a mask of the wrong shape or
+  dtype, or a mask hiding every unit.
+* ``forward(x)``: the dense path, a tuple of (B, C_i, H_i, W_i) maps (the mmpretrain forward).
+* ``forward(x, mask=mask)``: the sparse path, a tuple of (B, N_i, C_i): the visible tokens of
+  out index i in raster order, at ``geometry[feature_info[i]['stage']].coords``.
+"""
+from typing import Dict, List, Sequence
+
+import torch
+
+from greenmim_mm.ops import check_mask, resolve_backend, upsample_mask
+from greenmim_mm.ops.geometry import StageGeometry
+
+
+class SparseBackboneMixin:
+    """Helpers of the contract above; the backbone provides ``patch_stride``, ``mask_unit``,
+    ``feature_info``, ``sparse_geometry`` and the two forward paths."""
+
+    def stage0_token_mask(self, mask: torch.Tensor, img_hw: Sequence[int]):
+        """Validated unit mask -> (H/stride0, W/stride0) numpy bool token mask of stage 0."""
+        mask = check_mask(mask, img_hw, self.mask_unit)
+        return upsample_mask(mask, self.mask_unit // self.patch_stride).numpy()
+
+    def attention_backend(self, device, attn_drop: float) -> str:
+        """The attention backend the sparse path uses on ``device`` ('sdpa' or 'flex')."""
+        device = torch.device('cpu' if device is None else device)
+        return resolve_backend(self.attn_backend, device, attn_drop, self.training)
+
+    @staticmethod
+    def output_coords(geometry: List[StageGeometry],
+                      feature_info: List[Dict]) -> List[torch.Tensor]:
+        """(N_i, 2) stage-grid coordinates of every sparse output's tokens."""
+        return [geometry[f['stage']].coords for f in feature_info]

@@ -1,0 +1,84 @@
+"""Sparse (submanifold) depthwise convolution on visible tokens (GreenMIM §4, Twins' PEG).
+
+Output only at the visible positions; invisible (masked) neighbours and positions outside the
+grid count as zero, i.e. the result equals ``F.conv2d(groups=C, padding=k//2)`` on the
+zero-filled map, gathered at the visible positions. Two formulations, both differentiable by
+autograd:
+
+* ``'dense'``: scatter the tokens into a zero map, run the dense depthwise convolution, gather.
+  Cost O(H·W·C·k²) whatever the mask ratio.
+* ``'gather'``: for each of the k² taps, gather the neighbour token (a precomputed (N, k²)
+  index, N = a zero row) and accumulate ``weight[:, tap] * neighbour``. Cost O(N·C·k²).
+
+Which one is faster depends on the device and the visible fraction; ``tools/benchmark.py
+--sparse-conv`` measures both (README, Twins section). :data:`DEFAULT_MODE` is the measured
+faster one on CPU at every mask ratio measured (0, 0.5, 0.75): 'dense' (the dense depthwise
+kernel is vectorised; the gather's backward is an index_add per tap).
+"""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .geometry import gather_tokens, scatter_tokens
+
+SPARSE_CONV_MODES = ('dense', 'gather')
+DEFAULT_MODE = 'dense'
+
+
+def check_mode(mode: str) -> str:
+    """ValueError unless ``mode`` is one of :data:`SPARSE_CONV_MODES`."""
+    if mode not in SPARSE_CONV_MODES:
+        raise ValueError(f'sparse_conv must be one of {SPARSE_CONV_MODES}; got {mode!r}')
+    return mode
+
+
+def sparse_depthwise_conv_dense(x: torch.Tensor, coords: torch.Tensor, hw: Sequence[int],
+                                weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """Scatter -> dense depthwise conv -> gather. x (B, N, C), coords (N, 2), weight (C, 1, k, k)
+    -> (B, N, C)."""
+    k = weight.shape[-1]
+    dense = scatter_tokens(x, coords, hw)
+    out = F.conv2d(dense, weight, bias, padding=k // 2, groups=x.shape[-1])
+    return gather_tokens(out, coords)
+
+
+def sparse_depthwise_conv_gather(x: torch.Tensor, neighbours: torch.Tensor,
+                                 weight: torch.Tensor,
+                                 bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """Neighbour gather: x (B, N, C), neighbours (N, k²) (index N = zero), weight (C, 1, k, k)
+    -> (B, N, C)."""
+    b, n, c = x.shape
+    padded = torch.cat([x, x.new_zeros(b, 1, c)], dim=1)
+    taps = weight.reshape(c, -1).t()                                       # (k², C)
+    out = None
+    for t in range(taps.shape[0]):
+        # index_select: its backward is index_add, cheaper than advanced indexing's index_put
+        term = torch.index_select(padded, 1, neighbours[:, t]) * taps[t]
+        out = term if out is None else out + term
+    return out if bias is None else out + bias
+
+
+def sparse_depthwise_conv(x: torch.Tensor, coords: torch.Tensor, hw: Sequence[int],
+                          weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                          neighbours: Optional[torch.Tensor] = None,
+                          mode: str = DEFAULT_MODE) -> torch.Tensor:
+    """Submanifold depthwise k×k convolution (stride 1, 'same' zero padding) on visible tokens.
+
+    Args:
+        x: (B, N, C) visible tokens in raster order of ``coords`` (N, 2) on a grid ``hw``.
+        weight: (C, 1, k, k) depthwise kernel (odd k); bias: (C,) or None.
+        neighbours: (N, k²) from ``geometry.neighbour_index`` (needed by ``mode='gather'``).
+        mode: 'gather' or 'dense' (module docstring).
+    Returns (B, N, C). Raises ValueError for a non-depthwise weight or a missing neighbour index.
+    """
+    check_mode(mode)
+    c = x.shape[-1]
+    if weight.shape[0] != c or weight.shape[1] != 1 or weight.shape[-1] % 2 == 0:
+        raise ValueError(f'expected a depthwise ({c}, 1, k, k) kernel with odd k; '
+                         f'got {tuple(weight.shape)}')
+    if mode == 'dense':
+        return sparse_depthwise_conv_dense(x, coords, hw, weight, bias)
+    if neighbours is None or neighbours.shape[1] != weight.shape[-1] * weight.shape[-2]:
+        raise ValueError('mode="gather" needs the (N, k*k) neighbour index of the stage')
+    return sparse_depthwise_conv_gather(x, neighbours, weight, bias)
