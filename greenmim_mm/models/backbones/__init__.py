@@ -1,4 +1,6 @@
-from .green_swin import GreenSwinTransformer
+from .green_swin import SWIN_NANO, GreenSwinTransformer
+from .green_twins import TWINS_NANO, GreenTwinsSVT, PaddingMaskedLSA
 from .localmim_vit import LocalMIMMAEViT
 
-__all__ = ['GreenSwinTransformer', 'LocalMIMMAEViT']
+__all__ = ['GreenSwinTransformer', 'GreenTwinsSVT', 'LocalMIMMAEViT', 'PaddingMaskedLSA',
+           'SWIN_NANO', 'TWINS_NANO']
