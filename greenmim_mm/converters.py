@@ -23,6 +23,19 @@ Sources (``SOURCES``):
 * ``localmim-official-vit``: official LocalMIM ViT (timm/MAE keys) -> mmpretrain
   ``VisionTransformer`` (``backbone.layers.{i}...``); per-head norms, decoders, HOG dropped.
 
+Twins-SVT sources (output in mmpretrain's ``SVT`` / our ``GreenTwinsSVT`` layout):
+
+* ``timm-twins``: timm ``twins_svt_*`` state dicts (``patch_embeds.i.proj``, ``blocks.s.j``,
+  ``pos_block.s.proj.0``, final ``norm`` -> ``norm_after_stage3``; ``head.*`` dropped). Build the
+  target with ``qkv_bias=True, norm_after_stage=[False, False, False, True]``; timm's block and
+  final LayerNorms use eps 1e-6 (``norm_cfg=dict(type='LN', eps=1e-6)``).
+* ``official-twins``: official GreenMIM Twins-L pre-training checkpoints (``checkpoint['model']``,
+  ``encoder.`` keys in the same original Twins layout). Their PEG has no residual
+  (greenmim.md section 4); it is folded in exactly by subtracting 1 from the centre tap of every
+  PEG depthwise kernel.
+* ``greenmim_mm`` also accepts our Twins pre-training checkpoints (kept as they are; the window
+  options apply to Swin only).
+
 Output: ``{'state_dict': {'backbone.<key>': tensor}}`` in mmpretrain's ``SwinTransformer`` layout,
 PatchMerging channels in mmcv's ``nn.Unfold`` order (input channel ``4 * c + k`` with neighbours
 k = (0,0),(0,1),(1,0),(1,1)), ``relative_position_index`` buffers rebuilt for the target windows,
@@ -48,7 +61,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 SOURCES = ('greenmim_mm', 'official-g1', 'official-g3', 'timm', 'localmim',
-           'localmim-official-swin', 'localmim-official-vit')
+           'localmim-official-swin', 'localmim-official-vit', 'timm-twins', 'official-twins')
+TWINS_SOURCES = ('timm-twins', 'official-twins')
 
 # For each of our (mmcv Unfold) neighbours (0,0),(0,1),(1,0),(1,1): its position in the
 # source's neighbour-major 4C concatenation.
@@ -150,8 +164,10 @@ def _strip_prefix(sd: dict, prefix: str) -> dict:
 def guess_layout(keys) -> Optional[str]:
     """Best guess of the ``--src`` that fits a state dict's keys (for error messages)."""
     keys = {re.sub(r'^(module\.|encoder\.|backbone\.)+', '', k) for k in keys}
-    if 'patch_embed.projection.weight' in keys:
+    if 'patch_embed.projection.weight' in keys or 'patch_embeds.0.projection.weight' in keys:
         return 'greenmim_mm'
+    if 'patch_embeds.0.proj.weight' in keys:
+        return 'timm-twins or official-twins (original Twins layout)'
     if 'patch_embed.proj.weight' in keys:
         if any(k.startswith('layers.0.downsample.') for k in keys):
             return 'official-g1 or official-g3 (Microsoft-Swin layout)'
@@ -182,7 +198,7 @@ def greenmim_mm_backbone(ckpt: dict, notes: Optional[List[str]] = None
     if any(k.startswith('backbone.') for k in sd):
         dropped = [k for k in sd if not k.startswith('backbone.')]
         sd = {k[9:]: v for k, v in sd.items() if k.startswith('backbone.')}
-    elif 'patch_embed.projection.weight' not in sd:
+    elif 'patch_embed.projection.weight' not in sd and not is_twins_state_dict(sd):
         raise _layout_error('greenmim_mm', "keys 'backbone.patch_embed.projection.weight', "
                             "'backbone.stages.0.blocks.0...' (mmpretrain Swin layout)", sd)
     sd, more, renamed = mmpretrain_backbone_keys(sd)
@@ -407,6 +423,104 @@ def set_windows(sd: dict, geo: dict, windows: Sequence[int]) -> List[str]:
     return notes
 
 
+# ---------------------------------------------------------------------------- Twins-SVT
+_TWINS_RULES = [  # original Twins (timm / official) key -> mmpretrain SVT key
+    (r'patch_embeds\.(\d+)\.proj\.(weight|bias)$', r'patch_embeds.\1.projection.\2'),
+    (r'patch_embeds\.(\d+)\.norm\.(weight|bias)$', r'patch_embeds.\1.norm.\2'),
+    (r'blocks\.(\d+)\.(\d+)\.mlp\.fc1\.(weight|bias)$', r'stages.\1.\2.ffn.layers.0.0.\3'),
+    (r'blocks\.(\d+)\.(\d+)\.mlp\.fc2\.(weight|bias)$', r'stages.\1.\2.ffn.layers.1.\3'),
+    (r'blocks\.(\d+)\.(\d+)\.(norm1|norm2)\.(weight|bias)$', r'stages.\1.\2.\3.\4'),
+    (r'blocks\.(\d+)\.(\d+)\.attn\.(qkv|q|kv|sr|norm|proj)\.(weight|bias)$',
+     r'stages.\1.\2.attn.\3.\4'),
+    (r'pos_block\.(\d+)\.proj\.0\.(weight|bias)$', r'position_encodings.\1.proj.\2'),
+]
+
+
+def is_twins_state_dict(sd: dict) -> bool:
+    """True for an mmpretrain-layout Twins (SVT/PCPVT) backbone state dict."""
+    return 'patch_embeds.0.projection.weight' in sd
+
+
+def rename_twins(sd: dict, src: str) -> Tuple[dict, List[str]]:
+    """Original Twins keys (timm / official GreenMIM) -> mmpretrain ``SVT`` keys; returns the
+    renamed dict and the dropped keys (``head.*``). ConversionError for an unknown key."""
+    if 'patch_embeds.0.proj.weight' not in sd:
+        raise _layout_error(src, "original Twins keys 'patch_embeds.0.proj.weight', "
+                            "'blocks.0.0.attn.qkv.weight', 'pos_block.0.proj.0.weight'", sd)
+    last = max(int(k.split('.')[1]) for k in sd if k.startswith('blocks.'))
+    out, dropped, unknown = {}, [], []
+    for key, value in sd.items():
+        if key.startswith('head.'):
+            dropped.append(key)
+            continue
+        if key in ('norm.weight', 'norm.bias'):
+            out[f'norm_after_stage{last}.{key[5:]}'] = value
+            continue
+        for pattern, repl in _TWINS_RULES:
+            if re.match(pattern, key):
+                out[re.sub(pattern, repl, key)] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ConversionError(f"--src {src}: keys with no counterpart in mmpretrain's SVT: "
+                              f'{_sample(unknown)}')
+    return out, dropped
+
+
+def fold_peg_residual(sd: dict) -> List[str]:
+    """Official GreenMIM's PEG is ``conv(x)`` without Twins' residual ``+ x``: subtract 1 from
+    the centre tap of every PEG depthwise kernel (in place) so that ``conv_new(x) + x`` equals
+    ``conv(x)`` exactly; returns the folded keys."""
+    folded = []
+    for key in sorted(k for k in sd if re.match(r'position_encodings\.\d+\.proj\.weight$', k)):
+        weight = sd[key].clone()
+        if weight.dim() != 4 or weight.shape[1] != 1 or weight.shape[2] % 2 == 0:
+            raise ConversionError(f'{key}: expected a depthwise (C, 1, k, k) kernel with odd k, '
+                                  f'got {tuple(weight.shape)}')
+        weight[:, 0, weight.shape[2] // 2, weight.shape[3] // 2] -= 1
+        sd[key] = weight
+        folded.append(key)
+    return folded
+
+
+def convert_twins(ckpt: dict, src: str) -> Tuple[dict, List[str]]:
+    """``timm-twins`` / ``official-twins`` checkpoint -> (mmpretrain SVT state dict, notes)."""
+    sd, where = _unwrap(ckpt)
+    sd = _strip_prefix(_tensor_dict(sd, where), 'module.')
+    dropped = []
+    if src == 'official-twins' and any(k.startswith('encoder.') for k in sd):
+        dropped = [k for k in sd if not k.startswith('encoder.')]
+        sd = _strip_prefix(sd, 'encoder.')
+    sd, more = rename_twins(sd, src)
+    notes = [f'dropped: {summarize_dropped(dropped + more)}'] if dropped + more else []
+    if src == 'official-twins':
+        folded = fold_peg_residual(sd)
+        notes.append(f'PEG residual folded into {len(folded)} kernels (centre tap - 1)')
+    else:
+        notes.append("timm's block/final LayerNorms use eps 1e-6: build the backbone with "
+                     "norm_cfg=dict(type='LN', eps=1e-6)")
+    return sd, notes
+
+
+def _holds_twins(ckpt: dict) -> bool:
+    """True if a greenmim_mm checkpoint's backbone is a Twins (mmpretrain SVT layout)."""
+    sd, _ = _unwrap(ckpt)
+    return isinstance(sd, dict) and any(
+        str(k).endswith('patch_embeds.0.projection.weight') for k in sd)
+
+
+def convert_twins_checkpoint(ckpt: dict, src: str) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """A Twins source (``TWINS_SOURCES``, or ``greenmim_mm`` holding a Twins backbone) ->
+    (``backbone.``-prefixed state dict, notes)."""
+    if src == 'greenmim_mm':
+        sd, dropped = greenmim_mm_backbone(ckpt)
+        notes = [f'dropped: {summarize_dropped(dropped)}'] if dropped else []
+    else:
+        sd, notes = convert_twins(ckpt, src)
+    return {f'backbone.{k}': v.contiguous() for k, v in sd.items()}, notes
+
+
 # ---------------------------------------------------------------------------- top level
 def convert_checkpoint(ckpt: dict, src: str, window: Optional[int] = None,
                        stage_windows: Optional[Sequence[int]] = None
@@ -416,6 +530,11 @@ def convert_checkpoint(ckpt: dict, src: str, window: Optional[int] = None,
         raise ConversionError(f'unknown source {src!r}; choose one of {SOURCES}')
     if window is not None and stage_windows is not None:
         raise ConversionError('give either window or stage_windows, not both')
+    if src in TWINS_SOURCES or (src == 'greenmim_mm' and _holds_twins(ckpt)):
+        if window is not None or stage_windows is not None:
+            raise ConversionError('window / stage_windows apply to Swin only (Twins LSA windows '
+                                  'have no parameters)')
+        return convert_twins_checkpoint(ckpt, src)
     notes = []
     if src == 'localmim-official-vit':
         if window is not None or stage_windows is not None:

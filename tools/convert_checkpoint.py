@@ -1,10 +1,11 @@
-"""Convert a Swin checkpoint to greenmim_mm / mmpretrain / mmdet backbone weights.
+"""Convert a Swin or Twins-SVT checkpoint to greenmim_mm / mmpretrain / mmdet backbone weights.
 
     python tools/convert_checkpoint.py --src greenmim_mm work_dirs/pretrain/epoch_800.pth out.pth
     python tools/convert_checkpoint.py --src official-g1 greenmim_swin_base.pth out.pth --window 7
     python tools/convert_checkpoint.py --src timm swin_tiny.pth out.pth --stage-windows 14,14,14,7
     python tools/convert_checkpoint.py --src localmim work_dirs/localmim/epoch_400.pth out.pth
     python tools/convert_checkpoint.py --src localmim-official-vit localmim_vit_base.pth out.pth
+    python tools/convert_checkpoint.py --src timm-twins twins_svt_large.pth out.pth
 
 Writes ``{'state_dict': {'backbone.<key>': tensor}}`` (weights only). Load it with
 ``init_cfg=dict(type='Pretrained', checkpoint=OUT, prefix='backbone.')`` (greenmim_mm,
@@ -28,7 +29,7 @@ def parse_windows(text: str):
 
 def parse_args(argv=None):
     sources = ('greenmim_mm', 'official-g1', 'official-g3', 'timm', 'localmim',
-               'localmim-official-swin', 'localmim-official-vit')
+               'localmim-official-swin', 'localmim-official-vit', 'timm-twins', 'official-twins')
     parser = argparse.ArgumentParser(
         description='Convert Swin weights (greenmim_mm pre-training, official GreenMIM, timm) '
         'to mmpretrain/mmdet backbone weights',
@@ -36,7 +37,9 @@ def parse_args(argv=None):
         'checkpoints; row-first merge channels). official-g3: GreenMIM from b981012, Microsoft '
         'Swin, SimMIM (Swin merge order). timm: timm >= 0.6 Swin state dicts. localmim: our '
         'LocalMIM checkpoints. localmim-official-swin / -vit: the official LocalMIM checkpoints '
-        '(Swin: row-first merge channels; ViT: to mmpretrain VisionTransformer).')
+        '(Swin: row-first merge channels; ViT: to mmpretrain VisionTransformer). timm-twins: timm '
+        'twins_svt_* state dicts. official-twins: official GreenMIM Twins-L pre-training (its '
+        'missing PEG residual folded into the kernels). greenmim_mm also takes our Twins.')
     parser.add_argument('--src', required=True, choices=sources, help='source layout')
     parser.add_argument('input', help='source checkpoint')
     parser.add_argument('output', help='converted checkpoint to write')
