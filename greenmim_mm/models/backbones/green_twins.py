@@ -186,20 +186,10 @@ class GreenTwinsSVT(SparseBackboneMixin, SVT):
         return stages
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                geometry: Optional[List[StageGeometry]] = None) -> Tuple[torch.Tensor, ...]:
-        """Dense path (``mask=None``) or sparse path (see the class docstring)."""
-        if mask is None:
-            return super().forward(x)
-        return self.forward_sparse(x, mask, geometry)
-
     def forward_sparse(self, x: torch.Tensor, mask: torch.Tensor,
                        geometry: Optional[List[StageGeometry]] = None) -> Tuple[torch.Tensor, ...]:
         """Sparse path. x (B, 3, H, W), mask (H/32, W/32) bool -> tuple of (B, N_i, C_i)."""
-        if geometry is None:
-            geometry = self.sparse_geometry(mask, x.shape[-2:], x.device)
-        geometry = [g.to(x.device) for g in geometry]
-        backend = self.attention_backend(x.device, self._max_attn_drop())
+        geometry, backend = self.prepare_sparse(x, mask, geometry)
         outs = []
         for i, geo in enumerate(geometry):
             if i == 0:

@@ -17,7 +17,7 @@ runs on the visible tokens of a batch-shared mask only:
 * ``forward(x, mask=mask)``: the sparse path, a tuple of (B, N_i, C_i): the visible tokens of
   out index i in raster order, at ``geometry[feature_info[i]['stage']].coords``.
 """
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -26,8 +26,29 @@ from greenmim_mm.ops.geometry import StageGeometry
 
 
 class SparseBackboneMixin:
-    """Helpers of the contract above; the backbone provides ``patch_stride``, ``mask_unit``,
-    ``feature_info``, ``sparse_geometry`` and the two forward paths."""
+    """The dispatching ``forward`` and helpers of the contract above. Listed before the
+    mmpretrain class; the backbone provides ``patch_stride``, ``mask_unit``, ``feature_info``,
+    ``sparse_geometry``, ``_max_attn_drop`` and ``forward_sparse``."""
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                geometry: Optional[List[StageGeometry]] = None) -> Tuple[torch.Tensor, ...]:
+        """Dense path (``mask=None``: the mmpretrain forward) or sparse path.
+
+        ``geometry`` (from ``sparse_geometry``, optional) avoids recomputing the plans when the
+        caller already has them.
+        """
+        if mask is None:
+            return super().forward(x)
+        return self.forward_sparse(x, mask, geometry)
+
+    def prepare_sparse(self, x: torch.Tensor, mask: torch.Tensor,
+                       geometry: Optional[List[StageGeometry]]
+                       ) -> Tuple[List[StageGeometry], str]:
+        """The geometry (built if not given) on ``x``'s device and the attention backend."""
+        if geometry is None:
+            geometry = self.sparse_geometry(mask, x.shape[-2:], x.device)
+        geometry = [g.to(x.device) for g in geometry]
+        return geometry, self.attention_backend(x.device, self._max_attn_drop())
 
     def stage0_token_mask(self, mask: torch.Tensor, img_hw: Sequence[int]):
         """Validated unit mask -> (H/stride0, W/stride0) numpy bool token mask of stage 0."""
