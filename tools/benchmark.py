@@ -1,4 +1,10 @@
-"""Pre-training step benchmark: GreenMIM (ours, sparse) vs mmpretrain's SimMIM (dense), side by side.
+"""Pre-training step benchmark: GreenMIM (ours, sparse) vs a dense SimMIM-style baseline, side by side.
+
+Swin (``--backbone swin``): GreenMIM vs mmpretrain's SimMIM (SimMIMSwinTransformer, linear decoder,
+L1 loss; masks from mmpretrain's ``SimMIMMaskGenerator``). Twins (``--backbone twins``): GreenMIM
+with GreenTwinsSVT vs the same model run densely SimMIM-style: every token through the backbone,
+a learned mask token in place of the masked units' stage-0 embeddings, the same mask, decoder and
+loss (the visible units' latents go to the decoder, as in GreenMIM).
 
 One step = forward + backward + AdamW step on one batch. The models are timed alternately, round
 by round, in one process, so machine noise hits all of them alike; the table reports the median
@@ -9,6 +15,7 @@ runs only that model (growth over a warm-up step's resident set).
     tools/env.sh python tools/benchmark.py                      # CPU: Swin-T, 224 px, batch 4
     tools/env.sh python tools/benchmark.py --device cuda --arch base --img-size 224 \\
         --batch 128 --amp --backends sdpa flex                  # GPU: Swin-B, bf16 AMP
+    tools/env.sh python tools/benchmark.py --backbone twins --arch small   # CPU: Twins-SVT-S
 """
 import argparse
 import json
@@ -18,18 +25,21 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
 
 SIMMIM_RATIO = 0.6   # SimMIM's recipe
 GREENMIM_RATIO = 0.75  # GreenMIM's recipe
 ARCH_DIMS = {'nano': 32, 'tiny': 96, 'small': 96, 'base': 128, 'large': 192}
-# 'nano' is a smoke-test size, not a real model.
-NANO = dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8])
+# Twins-SVT last-stage widths ('nano' is the demo size, GreenTwinsSVT's arch 'nano').
+TWINS_LAST = {'nano': 256, 'small': 512, 'base': 768, 'large': 1024}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--arch', default='tiny', choices=sorted(ARCH_DIMS))
+    p.add_argument('--backbone', default='swin', choices=['swin', 'twins'])
+    p.add_argument('--arch', default=None, choices=sorted(ARCH_DIMS),
+                   help="default: 'tiny' (Swin), 'small' (Twins); 'nano' is the demo size")
     p.add_argument('--img-size', type=int, default=224)
     p.add_argument('--window', type=int, default=None,
                    help='Swin window (default: 7 at multiples of 224 px, else 6)')
@@ -45,7 +55,12 @@ def parse_args(argv=None):
 
 
 def variants(args):
-    """(name, kind, mask ratio, attention backend) of every model in the comparison."""
+    """(name, kind, mask ratio, attention backend) of every model in the comparison; the first
+    is the baseline of the ratios."""
+    if args.backbone == 'twins':
+        out = [('Twins dense r0.75', 'twins-dense', GREENMIM_RATIO, 'sdpa')]
+        return out + [(f'GreenMIM-Twins r0.75 {b}', 'greenmim', GREENMIM_RATIO, b)
+                      for b in args.backends]
     out = [('SimMIM r0.6', 'simmim', SIMMIM_RATIO, None),
            ('SimMIM r0.75', 'simmim', GREENMIM_RATIO, None)]
     out += [(f'GreenMIM r0.75 {b}', 'greenmim', GREENMIM_RATIO, b) for b in args.backends]
@@ -58,8 +73,11 @@ def build(kind, ratio, backend, args):
     from mmengine.registry import init_default_scope
     init_default_scope('greenmim_mm')
     from greenmim_mm.registry import MODELS
+    if args.backbone == 'twins':
+        return build_twins(kind, ratio, backend, args)
+    from greenmim_mm.models.backbones import SWIN_NANO
     window = args.window or (7 if args.img_size % 224 == 0 else 6)
-    arch = NANO if args.arch == 'nano' else args.arch
+    arch = SWIN_NANO if args.arch == 'nano' else args.arch  # mmpretrain's SimMIM lacks 'nano'
     c_last = ARCH_DIMS[args.arch] * 8
     stage_cfgs = dict(block_cfgs=dict(window_size=window))
     if kind == 'simmim':
@@ -83,19 +101,70 @@ def build(kind, ratio, backend, args):
     return model
 
 
+def build_twins(kind, ratio, backend, args):
+    """GreenMIM with a GreenTwinsSVT, run sparse ('greenmim') or densely ('twins-dense')."""
+    from greenmim_mm.registry import MODELS
+    cfg = dict(
+        type='GreenMIM', mask_ratio=ratio,
+        backbone=dict(type='GreenTwinsSVT', arch=args.arch, qkv_bias=True,
+                      norm_after_stage=[False, False, False, True], drop_path_rate=0.0,
+                      out_indices=(3, ), attn_backend=backend),
+        neck=dict(type='MAEUnitDecoder', in_channels=TWINS_LAST[args.arch], embed_dims=512,
+                  depth=1, num_heads=16),
+        head=dict(type='UnitReconstructionHead', loss='mse', norm_pix=True))
+    model = MODELS.build(cfg)
+    if kind == 'twins-dense':
+        model = DenseMaskTokenTwins(model)
+    return model.to(args.device).train()
+
+
+class DenseMaskTokenTwins(torch.nn.Module):
+    """SimMIM-style dense baseline of a GreenMIM-Twins model: the same backbone run densely on
+    every token (mmpretrain's SVT forward from stage 0's embedding on), a learned mask token in
+    place of the masked units' stage-0 embeddings; the same mask draw, decoder (fed the visible
+    units' latents) and loss."""
+
+    def __init__(self, greenmim):
+        super().__init__()
+        self.inner = greenmim
+        self.mask_token = torch.nn.Parameter(
+            torch.zeros(1, 1, greenmim.backbone.embed_dims[0]).normal_(std=0.02))
+
+    def loss(self, img, data_samples=None):
+        from greenmim_mm.ops import upsample_mask
+        m, bb = self.inner, self.inner.backbone
+        mask = m.next_mask(img.shape[-2:])
+        x, hw = bb.patch_embeds[0](img)
+        hidden = upsample_mask(mask, bb.mask_unit // bb.patch_stride).reshape(1, -1, 1)
+        x = torch.where(hidden.to(x.device), self.mask_token.to(x.dtype), x)
+        for i in range(bb.num_stage):
+            if i > 0:
+                x, hw = bb.patch_embeds[i](x)
+            x = bb.position_encoding_drops[i](x)
+            for j, layer in enumerate(bb.stages[i]):
+                x = layer(x, hw)
+                if j == 0:
+                    x = bb.position_encodings[i](x, hw)
+            x = getattr(bb, f'norm_after_stage{i}')(x)
+            if i < bb.num_stage - 1:
+                x = x.reshape(x.shape[0], *hw, -1).permute(0, 3, 1, 2)
+        latent = x[:, ~mask.reshape(-1).to(x.device)]
+        return dict(loss=m.head.loss(m.neck(latent, mask), img, mask))
+
+
 def make_batch(kind, ratio, args, gen):
-    """Images (B, 3, H, W) and, for SimMIM, per-sample masks on its 4-px patch grid."""
+    """Images (B, 3, H, W) and, for SimMIM, per-sample masks on its 4-px patch grid from
+    mmpretrain's ``SimMIMMaskGenerator`` (seeded through numpy's global generator)."""
+    from mmpretrain.datasets.transforms import SimMIMMaskGenerator
     from mmpretrain.structures import DataSample
     x = torch.randn(args.batch, 3, args.img_size, args.img_size, generator=gen).to(args.device)
     samples = []
     if kind == 'simmim':
-        units = (args.img_size // 32) ** 2
-        keep = max(1, int(units * (1 - ratio)))
+        np.random.seed(int(torch.randint(2**31, (1, ), generator=gen)))
+        masker = SimMIMMaskGenerator(input_size=args.img_size, mask_patch_size=32,
+                                     model_patch_size=4, mask_ratio=ratio)
         for _ in range(args.batch):
-            ids = torch.randperm(units, generator=gen)[:keep]
-            m = torch.ones(units)
-            m[ids] = 0
-            m = m.view(args.img_size // 32, -1).repeat_interleave(8, 0).repeat_interleave(8, 1)
+            m = torch.from_numpy(masker.transform({})['mask']).float()
             samples.append(DataSample().set_mask(m.to(args.device)))
     return x, samples
 
@@ -182,6 +251,8 @@ def child_memory(args):
 
 def report(args, times, memory):
     """Print the table and the ratios; return the rows."""
+    if args.backbone == 'twins':
+        return report_twins(args, times, memory)
     med = {n: statistics.median(t) for n, t in times.items()}
     rows = []
     print(f'\nSwin-{args.arch} @{args.img_size}px, batch {args.batch}, device {args.device}, '
@@ -202,8 +273,32 @@ def report(args, times, memory):
     return rows
 
 
+def report_twins(args, times, memory):
+    """Twins table: every model against the dense baseline (the first variant)."""
+    med = {n: statistics.median(t) for n, t in times.items()}
+    base = next(iter(med))
+    print(f'\nTwins-SVT-{args.arch} @{args.img_size}px, batch {args.batch}, device '
+          f'{args.device}, {"bf16 AMP" if args.amp else "fp32"}, {args.iters} alternating rounds '
+          f'(median step = forward + backward + AdamW), mask ratio {GREENMIM_RATIO}')
+    print(f'{"model":28s} {"step ms":>9s} {"img/s":>8s} {"peak MiB":>9s} '
+          f'{"speed vs dense":>15s} {"memory vs dense":>16s}')
+    rows = []
+    for name in med:
+        row = dict(model=name, step_ms=med[name] * 1e3, img_per_s=args.batch / med[name],
+                   peak_mib=memory[name], speedup_vs_dense=med[base] / med[name],
+                   memory_vs_dense=memory[name] / max(memory[base], 1e-9))
+        rows.append(row)
+        print(f'{name:28s} {row["step_ms"]:9.1f} {row["img_per_s"]:8.2f} {memory[name]:9.0f} '
+              f'{row["speedup_vs_dense"]:14.2f}x {row["memory_vs_dense"]:15.2f}x')
+    return rows
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.arch is None:
+        args.arch = 'small' if args.backbone == 'twins' else 'tiny'
+    if args.backbone == 'twins' and args.arch not in TWINS_LAST:
+        raise SystemExit(f'--arch {args.arch}: Twins archs are {sorted(TWINS_LAST)}')
     if args.device == 'cpu':
         torch.set_num_threads(os.cpu_count() or 1)
     if args.only:
