@@ -185,6 +185,12 @@ def test_mask_rcnn_config_builds_and_runs_forward():
     assert result[0].pred_instances.bboxes.shape[-1] == 4
 
 
+@pytest.mark.parametrize('path', [PRETRAIN_L, PRETRAIN_DEMO, FT_L, FT_DEMO, DET_L, DET_DEMO])
+def test_twins_configs_save_checkpoints_safely(path):
+    hook = Config.fromfile(path).default_hooks.checkpoint.type
+    assert hook in ('SafeCheckpointHook', 'greenmim_mm.SafeCheckpointHook')
+
+
 # ----------------------------------------------------------------------------- demo chain
 @pytest.fixture(scope='module')
 def tiny_data(demo_data_factory):

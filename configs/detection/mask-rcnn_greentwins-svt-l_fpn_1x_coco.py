@@ -32,3 +32,6 @@ optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.)}))
+
+# Checkpoints in the plain, atomically written format (README, Checkpoint files).
+default_hooks = dict(checkpoint=dict(type='greenmim_mm.SafeCheckpointHook'))

@@ -30,3 +30,7 @@ train_dataloader = dict(
 val_dataloader = dict(
     dataset=dict(data_root=data_root, split='', ann_file='meta/val.txt', data_prefix='val'))
 test_dataloader = val_dataloader
+
+# Checkpoints in the plain, atomically written format (README, Checkpoint files).
+default_hooks = dict(
+    checkpoint=dict(type='greenmim_mm.SafeCheckpointHook', interval=1, max_keep_ckpts=3))
