@@ -299,8 +299,8 @@ def main(argv=None):
         args.arch = 'small' if args.backbone == 'twins' else 'tiny'
     if args.backbone == 'twins' and args.arch not in TWINS_LAST:
         raise SystemExit(f'--arch {args.arch}: Twins archs are {sorted(TWINS_LAST)}')
-    if args.device == 'cpu':
-        torch.set_num_threads(os.cpu_count() or 1)
+    if args.device == 'cpu' and 'OMP_NUM_THREADS' not in os.environ:
+        torch.set_num_threads(os.cpu_count() or 1)  # all cores unless OMP_NUM_THREADS says
     if args.only:
         return child_memory(args)
     times = time_all(args)

@@ -12,8 +12,8 @@ autograd:
 
 Which one is faster depends on the device and the visible fraction; ``tools/benchmark.py
 --sparse-conv`` measures both (README, Twins section). :data:`DEFAULT_MODE` is the measured
-faster one on CPU at every mask ratio measured (0, 0.5, 0.75): 'dense' (the dense depthwise
-kernel is vectorised; the gather's backward is an index_add per tap).
+faster one on CPU in total at every mask ratio measured (0, 0.5, 0.75; about equal at 0.75):
+'dense' (one vectorised depthwise kernel; the gather's backward is an index_add per tap).
 """
 from typing import Optional, Sequence
 
