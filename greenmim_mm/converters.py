@@ -30,9 +30,9 @@ Twins-SVT sources (output in mmpretrain's ``SVT`` / our ``GreenTwinsSVT`` layout
   target with ``qkv_bias=True, norm_after_stage=[False, False, False, True]``; timm's block and
   final LayerNorms use eps 1e-6 (``norm_cfg=dict(type='LN', eps=1e-6)``).
 * ``official-twins``: official GreenMIM Twins-L pre-training checkpoints (``checkpoint['model']``,
-  ``encoder.`` keys in the same original Twins layout). Their PEG has no residual
-  (greenmim.md section 4); it is folded in exactly by subtracting 1 from the centre tap of every
-  PEG depthwise kernel.
+  ``encoder.`` keys in the same original Twins layout). Their PEG has no residual (official
+  GreenMIM code, modeling/green_twins_models.py); it is folded in exactly by subtracting 1 from
+  the centre tap of every PEG depthwise kernel.
 * ``greenmim_mm`` also accepts our Twins pre-training checkpoints (kept as they are; the window
   options apply to Swin only).
 

@@ -79,7 +79,7 @@ def test_timm_twins_converts_to_equal_outputs():
 
 
 class OfficialPEG(torch.nn.Module):
-    """Official GreenMIM's PEG (greenmim.md section 4): depthwise 3x3 conv, no residual."""
+    """Official GreenMIM's PEG (modeling/green_twins_models.py): depthwise 3x3 conv, no residual."""
 
     def __init__(self, conv):
         super().__init__()

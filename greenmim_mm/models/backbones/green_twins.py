@@ -1,7 +1,8 @@
 """GreenTwinsSVT: one Twins-SVT, a dense path and an exact sparse (visible-tokens-only) path.
 
 Twins-SVT (Chu et al., NeurIPS 2021) as implemented by mmpretrain's ``SVT``; the sparse path is
-GreenMIM's Twins support (reference greenmim.md §4) with the PEG residual kept.
+GreenMIM's Twins support (official code github.com/LayneH/GreenMIM, modeling/green_twins_models.py)
+with the PEG residual kept.
 """
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
