@@ -8,7 +8,6 @@ without the residual). Tolerance fp32 1e-5 (a few ulps through 8 layers).
 """
 import math
 import os.path as osp
-import sys
 
 import pytest
 import torch
@@ -22,7 +21,6 @@ from greenmim_mm.models import GreenTwinsSVT
 from greenmim_mm.registry import MODELS
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(ROOT, 'tools'))
 PRETRAIN_L = osp.join(ROOT, 'configs', 'pretrain',
                       'greenmim_twins-svt-large_8xb256-amp-800e_in1k-224px.py')
 PRETRAIN_DEMO = osp.join(ROOT, 'configs', 'pretrain', 'greenmim_twins-nano_demo_128px.py')
@@ -199,13 +197,13 @@ def tiny_data(demo_data_factory):
 
 
 @pytest.fixture(scope='module')
-def converted(tiny_data, tmp_path_factory):
+def converted(tiny_data, tmp_path_factory, load_tool):
     """One epoch of the Twins demo pre-training (tools/train.py), converted to backbone weights
     (tools/convert_checkpoint.py)."""
-    import convert_checkpoint
-    import train
+    from greenmim_mm import launch
+    convert_checkpoint = load_tool('convert_checkpoint')
     work = tmp_path_factory.mktemp('twins_pt')
-    train.main([PRETRAIN_DEMO, '--work-dir', str(work), '--cfg-options',
+    launch.main_train([PRETRAIN_DEMO, '--work-dir', str(work), '--cfg-options',
                 'train_cfg.max_epochs=1', 'train_dataloader.batch_size=8',
                 f'train_dataloader.dataset.data_root={tiny_data}/'])
     out = str(work / 'backbone_converted.pth')
@@ -227,14 +225,14 @@ def assert_backbone_is(cfg, registry, checkpoint):
 
 
 def test_demo_pretrain_convert_finetune(tiny_data, converted, tmp_path):
-    import train
+    from greenmim_mm import launch
     from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
     argv = [FT_DEMO, '--work-dir', str(tmp_path), '--cfg-options',
             f'model.backbone.init_cfg.checkpoint={converted}', 'train_cfg.max_epochs=1',
             'default_hooks.checkpoint.interval=100', 'train_dataloader.batch_size=8']
     argv += [f'{split}_dataloader.dataset.data_root={tiny_data}/'
              for split in ('train', 'val', 'test')]
-    cfg = train.build_config(train.parse_args(argv))
+    cfg = launch.build_train_config(launch.parse_train_args(argv))
     assert_backbone_is(cfg, MMPRETRAIN_MODELS, converted)
     runner = Runner.from_cfg(cfg)
     runner.train()
