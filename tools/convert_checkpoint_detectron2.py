@@ -7,7 +7,8 @@
 The input is what ``tools/convert_checkpoint.py`` writes (``{'state_dict': {'backbone.*'}}``); the
 output, ``{'model': {'backbone.bottom_up.body.*'}, '__author__': 'greenmim_mm'}``, loads with a
 plain ``DetectionCheckpointer`` (e.g. as ``train.init_checkpoint`` of detectron2's
-``tools/lazyconfig_train_net.py``) into a model with ``GreenSwinBackbone`` under an FPN.
+``tools/lazyconfig_train_net.py``) into a model with ``GreenSwinBackbone`` or
+``GreenTwinsBackbone`` under an FPN.
 ``greenmim_mm.detectron2.GreenDetectionCheckpointer`` loads both files and checks every weight.
 """
 import argparse
@@ -20,7 +21,8 @@ def main(argv=None) -> int:
     parser.add_argument('output', help='detectron2-layout checkpoint to write')
     parser.add_argument('--prefix', default='backbone.bottom_up.body.',
                         help="where the model keeps the backbone's weights "
-                        '(default: backbone.bottom_up.body., GreenSwinBackbone under an FPN)')
+                        '(default: backbone.bottom_up.body., GreenSwinBackbone or '
+                        'GreenTwinsBackbone under an FPN)')
     args = parser.parse_args(argv)
     from greenmim_mm.checkpoint_loading import CheckpointLoadError
     from greenmim_mm.detectron2 import export_detectron2_backbone

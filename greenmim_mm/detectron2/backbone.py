@@ -43,11 +43,17 @@ class MMBackbone(Backbone):
         size_divisibility (int): what detectron2 pads input images to (a multiple of the largest
             stride).
 
+    Class attribute ``out_norm_pattern`` (regex): the body's per-output norms, which a converted
+    pre-training checkpoint may lack (pre-training normalises only the last stage); see
+    :class:`greenmim_mm.detectron2.GreenDetectionCheckpointer`. Empty: none may be missing.
+
     Raises:
         ValueError: lengths differ, or ``size_divisibility`` is not a multiple of the largest
             stride; in ``forward``, an input that is not 4-D or whose height or width is not a
             multiple of the largest stride (the maps would not align in the FPN).
     """
+
+    out_norm_pattern = ''
 
     def __init__(self, body: nn.Module, out_features: Sequence[str], channels: Sequence[int],
                  strides: Sequence[int], size_divisibility: int):

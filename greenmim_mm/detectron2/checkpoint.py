@@ -9,8 +9,9 @@ Accepted files:
   (``tools/convert_checkpoint.py``): ``backbone.<key>`` goes to ``<prefix>body.<key>`` of the
   model's :class:`~greenmim_mm.detectron2.MMBackbone` (``backbone.bottom_up.body.`` under an FPN).
   Every backbone parameter and buffer must be in the file with its shape, except the per-output
-  norms ``norm{i}`` (pre-training has only the last one; the others keep LayerNorm's
-  initialisation, as with mmdet's ``init_cfg``), which are logged;
+  norms (``MMBackbone.out_norm_pattern``: Swin's ``norm{i}``, Twins' ``norm_after_stage{i}``;
+  pre-training has only the last one; the others keep LayerNorm's initialisation, as with
+  mmdet's ``init_cfg``), which are logged;
 * the same weights in detectron2's layout (:func:`export_detectron2_backbone`,
   ``tools/convert_checkpoint_detectron2.py``; ``__author__ == 'greenmim_mm'``), which a plain
   ``DetectionCheckpointer`` loads too: checked the same way;
@@ -25,7 +26,7 @@ checkpoint) and backbone keys that are missing, unexpected or of the wrong shape
 """
 import logging
 import re
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -36,24 +37,31 @@ from greenmim_mm.fileio import atomic_torch_save, is_same_file
 from .backbone import MMBackbone
 
 SRC_PREFIX = 'backbone.'
-FPN_BODY_PREFIX = 'backbone.bottom_up.body.'  # GreenSwinBackbone under detectron2's FPN
+FPN_BODY_PREFIX = 'backbone.bottom_up.body.'  # an MMBackbone under detectron2's FPN
 AUTHOR = 'greenmim_mm'  # detectron2-layout files of converted backbones
-_OUT_NORM = re.compile(r'^norm\d+\.')
 
 
 class CheckpointError(CheckpointLoadError):
     """A checkpoint that does not fit the model; nothing was loaded."""
 
 
-def body_prefix(model: torch.nn.Module) -> Optional[str]:
-    """``'backbone.bottom_up.body.'``: where the model's one ``MMBackbone`` keeps its body."""
-    found = [name for name, m in model.named_modules() if isinstance(m, MMBackbone)]
+def find_backbone(model: torch.nn.Module) -> Optional[Tuple[str, MMBackbone]]:
+    """``('backbone.bottom_up.body.', module)``: the model's one ``MMBackbone`` and the prefix
+    of its body's keys; None without one."""
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, MMBackbone)]
     if len(found) > 1:
-        raise CheckpointError(f'the model has {len(found)} greenmim_mm backbones ({found}); '
-                              'load them one at a time')
+        raise CheckpointError(f'the model has {len(found)} greenmim_mm backbones '
+                              f'({[name for name, _ in found]}); load them one at a time')
     if not found:
         return None
-    return f'{found[0]}.body.' if found[0] else 'body.'
+    name, module = found[0]
+    return (f'{name}.body.' if name else 'body.'), module
+
+
+def body_prefix(model: torch.nn.Module) -> Optional[str]:
+    """``'backbone.bottom_up.body.'``: where the model's one ``MMBackbone`` keeps its body."""
+    found = find_backbone(model)
+    return found[0] if found else None
 
 
 def _sample(keys: List[str], n: int = 6) -> str:
@@ -80,8 +88,9 @@ def export_detectron2_backbone(in_path: str, out_path: str, prefix: str = FPN_BO
     """Write a converted backbone (``{'state_dict': {'backbone.*'}}``) in detectron2's layout,
     ``{'model': {'<prefix><key>': tensor}, '__author__': 'greenmim_mm'}``, so that a plain
     ``DetectionCheckpointer`` (e.g. detectron2's ``lazyconfig_train_net.py``) loads it into a model
-    whose ``GreenSwinBackbone`` sits at ``prefix`` (default: under an FPN). Written atomically;
-    ``out_path`` must not be ``in_path``. Returns the number of tensors.
+    whose ``MMBackbone`` (``GreenSwinBackbone``, ``GreenTwinsBackbone``) keeps its body at
+    ``prefix`` (default: under an FPN). Written atomically; ``out_path`` must not be ``in_path``.
+    Returns the number of tensors.
 
     Raises:
         CheckpointError: the input is not a converted backbone, or ``out_path`` is ``in_path``.
@@ -137,15 +146,17 @@ class GreenDetectionCheckpointer(DetectionCheckpointer):
 
     def _check_backbone(self, weights: Dict) -> None:
         """Every backbone key of the model in ``weights`` with its shape, and nothing else there."""
-        prefix = body_prefix(self.model)
-        if prefix is None:
+        found = find_backbone(self.model)
+        if found is None:
             return
+        prefix, backbone = found
         weights = {k[len('module.'):] if k.startswith('module.') else k: v
                    for k, v in weights.items()}
         model_sd = {k: v for k, v in self.model.state_dict().items() if k.startswith(prefix)}
         file_keys = {k for k in weights if k.startswith(prefix)}
         missing = sorted(set(model_sd) - file_keys)
-        allowed = [k for k in missing if _OUT_NORM.match(k[len(prefix):])]
+        out_norm = re.compile(backbone.out_norm_pattern) if backbone.out_norm_pattern else None
+        allowed = [k for k in missing if out_norm and out_norm.match(k[len(prefix):])]
         if not self._backbone_only:
             allowed = []
         missing = [k for k in missing if k not in allowed]
@@ -160,7 +171,8 @@ class GreenDetectionCheckpointer(DetectionCheckpointer):
             raise CheckpointError(
                 f'{self._file}: backbone weights do not fit the model ({"; ".join(problems)}). '
                 'Build the backbone with the checkpoint\'s architecture, or convert the '
-                'checkpoint to it (tools/convert_checkpoint.py --window / --stage-windows)')
+                'checkpoint to it (Swin windows: tools/convert_checkpoint.py --window / '
+                '--stage-windows)')
         if allowed:
             logging.getLogger(__name__).info(
                 'not in %s, keep their initialisation: %s', self._file, _sample(allowed))

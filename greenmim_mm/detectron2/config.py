@@ -1,7 +1,8 @@
 """greenmim_mm's detectron2 config keys (yacs): ``add_greenmim_config(cfg)`` before merging a yaml.
 
 ``MODEL.GREENSWIN`` holds ``GreenSwinTransformer``'s arguments (mmpretrain ``SwinTransformer``
-names), ``SOLVER.OPTIMIZER`` ... the optimizer of :class:`greenmim_mm.detectron2.Trainer`.
+names), ``MODEL.GREENTWINS`` ``GreenTwinsSVT``'s (mmpretrain ``SVT``), ``SOLVER.OPTIMIZER`` ...
+the optimizer of :class:`greenmim_mm.detectron2.Trainer`.
 """
 from detectron2.config import CfgNode as CN
 
@@ -29,6 +30,23 @@ def add_greenswin_config(cfg: CN) -> None:
     c.SIZE_DIVISIBILITY = 0  # 0: the largest output stride (32); e.g. 224 = 32 x window 7
 
 
+def add_greentwins_config(cfg: CN) -> None:
+    """``cfg.MODEL.GREENTWINS``: ``GreenTwinsSVT`` / mmpretrain ``SVT`` arguments, defaults as the
+    mmdet Twins configs (``qkv_bias``, every stage normalised). mmpretrain's SVT has no
+    ``frozen_stages`` (and detectron2's ``MODEL.BACKBONE.FREEZE_AT`` is not used), so there is
+    no frozen-stages key."""
+    cfg.MODEL.GREENTWINS = CN()
+    c = cfg.MODEL.GREENTWINS
+    c.ARCH = 'large'  # mmpretrain SVT arch ('small', 'base', 'large') or 'nano' (the demo size)
+    c.QKV_BIAS = True
+    c.NORM_AFTER_STAGE = True  # norm_after_stage{i} on every output
+    c.DROP_RATE = 0.0
+    c.ATTN_DROP_RATE = 0.0
+    c.DROP_PATH_RATE = 0.1
+    c.OUT_FEATURES = ['res2', 'res3', 'res4', 'res5']
+    c.SIZE_DIVISIBILITY = 0  # 0: the largest output stride (32); e.g. 224 = 32 x window 7
+
+
 def add_solver_config(cfg: CN) -> None:
     """AdamW with optional layer-wise lr decay for :class:`greenmim_mm.detectron2.Trainer`."""
     cfg.SOLVER.OPTIMIZER = 'ADAMW'  # or 'SGD': detectron2's own build_optimizer
@@ -40,6 +58,7 @@ def add_solver_config(cfg: CN) -> None:
 def add_greenmim_config(cfg: CN) -> CN:
     """Add every greenmim_mm key to a detectron2 config (``get_cfg()``); returns ``cfg``."""
     add_greenswin_config(cfg)
+    add_greentwins_config(cfg)
     add_solver_config(cfg)
     return cfg
 

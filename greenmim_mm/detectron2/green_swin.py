@@ -42,6 +42,8 @@ class GreenSwinBackbone(MMBackbone):
     ``cfg.MODEL.GREENSWIN`` (see ``greenmim_mm.detectron2.config``).
     """
 
+    out_norm_pattern = r'norm\d+\.'
+
     @configurable
     def __init__(self, *, out_features: Sequence[str] = FEATURE_NAMES,
                  size_divisibility: Optional[int] = None, **swin_kwargs):

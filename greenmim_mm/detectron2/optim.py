@@ -6,7 +6,9 @@ layer-wise lr decay over the backbone's layers, computed by mmpretrain's
 ``LearningRateDecayOptimWrapperConstructor`` with the backbone's own ``get_layer_depth``
 (Swin: ``patch_embed`` 0, block j of stage s ``sum(depths[:s]) + j + 1``, downsample of stage s
 ``sum(depths[:s + 1])``; FPN, RPN and RoI heads get the top id, i.e. the full lr):
-``lr = base_lr * layer_decay_rate ** (num_layers - 1 - layer_id)``.
+``lr = base_lr * layer_decay_rate ** (num_layers - 1 - layer_id)``. Twins-SVT has no layer depths
+(mmpretrain's ``SVT`` defines none; the mmdet Twins configs train without layer decay): layer
+decay is refused for it.
 """
 from typing import Callable, Dict, List, Sequence
 
@@ -26,7 +28,9 @@ def _layer_depth(model: torch.nn.Module, layer_decay_rate: float) -> Callable:
     if layer_decay_rate != 1.0:
         raise NotImplementedError(
             f'layer-wise lr decay needs a greenmim_mm backbone with get_layer_depth; the model '
-            f'has {type(body).__name__ if body is not None else "none"}')
+            f'has {type(body).__name__ if body is not None else "none"}, which has none (e.g. '
+            'Twins-SVT: mmpretrain\'s SVT defines no layer depths); set '
+            'SOLVER.LAYER_DECAY_RATE 1.0')
     return lambda name: (0, 1)
 
 

@@ -14,8 +14,13 @@ D2_CONFIGS = osp.join(REPO, 'configs', 'detectron2')
 NANO_YAML = osp.join(D2_CONFIGS, 'mask_rcnn_greenswin_nano_fpn_demo_128px.yaml')
 B_YAML = osp.join(D2_CONFIGS, 'mask_rcnn_greenswin_b_p4_w7_fpn_1x_coco.yaml')
 B_LAZY = osp.join(D2_CONFIGS, 'mask_rcnn_greenswin_b_p4_w7_fpn_1x_coco.py')
+TWINS_NANO_YAML = osp.join(D2_CONFIGS, 'mask_rcnn_greentwins_nano_fpn_demo_128px.yaml')
+TWINS_L_YAML = osp.join(D2_CONFIGS, 'mask_rcnn_greentwins_svt_l_fpn_1x_coco.yaml')
 MMDET_NANO = osp.join(REPO, 'configs', 'detection', 'mask-rcnn_greenswin-nano_fpn_demo_128px.py')
 MMDET_B = osp.join(REPO, 'configs', 'detection', 'mask-rcnn_greenswin-b-p4-w7_fpn_1x_coco.py')
+MMDET_TWINS_NANO = osp.join(REPO, 'configs', 'detection',
+                            'mask-rcnn_greentwins-nano_fpn_demo_128px.py')
+MMDET_TWINS_L = osp.join(REPO, 'configs', 'detection', 'mask-rcnn_greentwins-svt-l_fpn_1x_coco.py')
 
 
 def load_cfg(path, *opts):

@@ -4,18 +4,18 @@ import torch
 
 pytest.importorskip('detectron2', reason='needs the extra: GREENMIM_MM_EXTRAS=detectron2')
 
-from d2_utils import B_LAZY, B_YAML, MMDET_B, MMDET_NANO, NANO_YAML, load_cfg  # noqa: E402
+from d2_utils import (B_LAZY, B_YAML, MMDET_B, MMDET_NANO, MMDET_TWINS_L,  # noqa: E402
+                      MMDET_TWINS_NANO, NANO_YAML, TWINS_L_YAML, TWINS_NANO_YAML, load_cfg)
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone  # noqa: E402
 from detectron2.modeling.backbone import FPN  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 
-from greenmim_mm.detectron2 import GreenSwinBackbone, MMBackbone  # noqa: E402
-from greenmim_mm.models import GreenSwinTransformer  # noqa: E402
+from greenmim_mm.detectron2 import GreenSwinBackbone, GreenTwinsBackbone, MMBackbone  # noqa: E402
 from greenmim_mm.registry import MODELS  # noqa: E402
 
 
 def mmdet_backbone(config_path):
-    """The GreenSwinTransformer of an mmdet config, without its pretrained init."""
+    """The backbone of an mmdet config, without its pretrained init."""
     cfg = Config.fromfile(config_path).model.backbone
     cfg.pop('init_cfg', None)
     cfg['type'] = cfg['type'].replace('greenmim_mm.', '')
@@ -25,12 +25,14 @@ def mmdet_backbone(config_path):
 @pytest.mark.parametrize('yaml_path, mmdet_path, hw', [
     (NANO_YAML, MMDET_NANO, (128, 160)),
     (B_YAML, MMDET_B, (64, 96)),  # Swin-B; pad_small_map: stage maps smaller than the window
-])
+    (TWINS_NANO_YAML, MMDET_TWINS_NANO, (128, 160)),  # res5 4 x 5: LSA pads to window 4
+    (TWINS_L_YAML, MMDET_TWINS_L, (64, 96)),  # maps smaller than LSA's window 7
+], ids=['swin-nano', 'swin-b', 'twins-nano', 'twins-svt-l'])
 def test_features_equal_the_dense_path_of_the_mmdet_config_bitwise(yaml_path, mmdet_path, hw):
     torch.manual_seed(0)
     d2 = build_backbone(load_cfg(yaml_path)).bottom_up.eval()
     mm = mmdet_backbone(mmdet_path).eval()
-    assert isinstance(d2.body, GreenSwinTransformer)
+    assert type(d2.body) is type(mm)
     d2_sd, mm_sd = d2.body.state_dict(), mm.state_dict()
     assert {k: v.shape for k, v in d2_sd.items()} == {k: v.shape for k, v in mm_sd.items()}
     mm.load_state_dict(d2_sd)
@@ -67,6 +69,42 @@ def test_registered_builders_and_out_features():
                                                             'res5': (1, 256, 4, 4)}
     with pytest.raises(ValueError, match='subset of'):
         GreenSwinBackbone(out_features=['res6'])
+
+
+def test_twins_output_shape_builders_and_padding():
+    fpn = build_backbone(load_cfg(TWINS_NANO_YAML))
+    assert isinstance(fpn, FPN) and isinstance(fpn.bottom_up, GreenTwinsBackbone)
+    assert {k: (s.channels, s.stride) for k, s in fpn.bottom_up.output_shape().items()} == {
+        'res2': (32, 4), 'res3': (64, 8), 'res4': (128, 16), 'res5': (256, 32)}
+    large = build_backbone(load_cfg(TWINS_L_YAML, 'MODEL.GREENTWINS.SIZE_DIVISIBILITY', 224))
+    assert [large.bottom_up.output_shape()[f'res{i}'].channels for i in range(2, 6)] == \
+        [128, 256, 512, 1024]
+    assert large.bottom_up.size_divisibility == 224 and large.size_divisibility == 224
+    assert fpn.size_divisibility == 32
+    bare = build_backbone(load_cfg(TWINS_NANO_YAML, 'MODEL.BACKBONE.NAME',
+                                   'build_greentwins_backbone',
+                                   'MODEL.GREENTWINS.OUT_FEATURES', ['res3', 'res5']))
+    assert isinstance(bare, GreenTwinsBackbone) and bare.body.out_indices == (1, 3)
+    feats = bare(torch.randn(1, 3, 96, 64))
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {'res3': (1, 64, 12, 8),
+                                                            'res5': (1, 256, 3, 2)}
+    with pytest.raises(ValueError, match='not a multiple of 32'):
+        bare(torch.randn(1, 3, 100, 64))
+    with pytest.raises(ValueError, match='not out_indices'):
+        GreenTwinsBackbone(arch='nano', out_indices=(3, ))
+    from detectron2.modeling import build_model
+    model = build_model(load_cfg(TWINS_NANO_YAML)).eval()
+    images = model.preprocess_image([{'image': torch.zeros(3, 100, 70)}])
+    assert tuple(images.tensor.shape[-2:]) == (128, 96)
+
+
+def test_twins_drop_path_from_cfg_and_no_frozen_stages_key():
+    cfg = load_cfg(TWINS_NANO_YAML, 'MODEL.GREENTWINS.DROP_PATH_RATE', 0.3)
+    body = build_backbone(cfg).bottom_up.body
+    drop = [getattr(layer.drop_path, 'drop_prob', 0.) for stage in body.stages for layer in stage]
+    assert drop == pytest.approx(torch.linspace(0, 0.3, 8).tolist())
+    with pytest.raises(AssertionError, match='Non-existent key: MODEL.GREENTWINS.FROZEN'):
+        load_cfg(TWINS_NANO_YAML, 'MODEL.GREENTWINS.FROZEN_STAGES', 1)  # SVT has none (yacs)
 
 
 def test_size_divisibility_and_padding():

@@ -9,53 +9,64 @@ import torch
 
 pytest.importorskip('detectron2', reason='needs the extra: GREENMIM_MM_EXTRAS=detectron2')
 
-from d2_utils import NANO_YAML, REPO, load_cfg  # noqa: E402
+from d2_utils import NANO_YAML, REPO, TWINS_NANO_YAML, load_cfg  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
 from greenmim_mm.checkpoint_loading import CheckpointLoadError, UnsafeCheckpointError  # noqa: E402
 from greenmim_mm.converters import convert_file  # noqa: E402
 from greenmim_mm.detectron2 import CheckpointError, GreenDetectionCheckpointer  # noqa: E402
-from greenmim_mm.models import GreenSwinTransformer  # noqa: E402
+from greenmim_mm.models import GreenSwinTransformer, GreenTwinsSVT  # noqa: E402
 
 NANO = dict(arch=dict(embed_dims=32, depths=[2, 2, 2, 2], num_heads=[2, 4, 4, 8]), img_size=128,
             window_size=4)
+# the Twins demo pre-training's backbone (configs/pretrain/greenmim_twins-nano_demo_128px.py)
+TWINS_NANO = dict(arch='nano', qkv_bias=True, norm_after_stage=[False, False, False, True])
 BODY = 'backbone.bottom_up.body.'
+# per backbone: the d2 demo yaml, the pre-training backbone, the out norms it lacks
+BACKBONES = {
+    'swin': (NANO_YAML, lambda **kw: GreenSwinTransformer(out_indices=(3, ), **{**NANO, **kw}),
+             [f'norm{i}.{w}' for i in range(3) for w in ('weight', 'bias')]),
+    'twins': (TWINS_NANO_YAML,
+              lambda **kw: GreenTwinsSVT(out_indices=(3, ), **{**TWINS_NANO, **kw}),
+              [f'norm_after_stage{i}.{w}' for i in range(3) for w in ('weight', 'bias')]),
+}
 
 
-def pretraining_checkpoint(path, **kwargs):
-    """A GreenMIM-style pre-training checkpoint: backbone (norm3 only) + decoder + meta."""
+def pretraining_checkpoint(path, backbone='swin', **kwargs):
+    """A GreenMIM-style pre-training checkpoint: backbone (last out norm only) + decoder +
+    meta."""
     torch.manual_seed(1)
-    swin = GreenSwinTransformer(out_indices=(3, ), **{**NANO, **kwargs})
-    for p in swin.parameters():
+    body = BACKBONES[backbone][1](**kwargs)
+    for p in body.parameters():
         torch.nn.init.normal_(p)
-    sd = {f'backbone.{k}': v for k, v in swin.state_dict().items()}
+    sd = {f'backbone.{k}': v for k, v in body.state_dict().items()}
     sd['neck.decoder.weight'] = torch.randn(4, 4)
     torch.save({'state_dict': sd, 'meta': {'epoch': 1}}, path)
-    return swin.state_dict()
+    return body.state_dict()
 
 
-def nano_model(*opts):
+def nano_model(*opts, backbone='swin'):
     torch.manual_seed(0)
-    return build_model(load_cfg(NANO_YAML, *opts))
+    return build_model(load_cfg(BACKBONES[backbone][0], *opts))
 
 
 def snapshot(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_converted_backbone_loads_every_weight(tmp_path):
-    source = pretraining_checkpoint(tmp_path / 'pretrain.pth')
+@pytest.mark.parametrize('backbone', BACKBONES)
+def test_converted_backbone_loads_every_weight(tmp_path, backbone):
+    source = pretraining_checkpoint(tmp_path / 'pretrain.pth', backbone)
     convert_file(str(tmp_path / 'pretrain.pth'), str(tmp_path / 'converted.pth'), 'greenmim_mm')
-    model = nano_model()
+    model = nano_model(backbone=backbone)
     before = snapshot(model)
     GreenDetectionCheckpointer(model).load(str(tmp_path / 'converted.pth'))
     after = model.state_dict()
     for key, value in source.items():
         assert torch.equal(after[BODY + key], value), key
     kept = [k for k in after if k.startswith(BODY) and k[len(BODY):] not in source]
-    out_norms = [f'{BODY}norm{i}.{w}' for i in range(3) for w in ('weight', 'bias')]
-    assert sorted(kept) == sorted(out_norms)
+    assert sorted(kept) == sorted(BODY + k for k in BACKBONES[backbone][2])
     for key in kept + [k for k in after if not k.startswith(BODY)]:
         assert torch.equal(after[key], before[key]), key
 
@@ -68,14 +79,15 @@ def load_tool():
     return tool
 
 
-def test_detectron2_layout_loads_with_plain_detection_checkpointer(tmp_path, capsys):
-    source = pretraining_checkpoint(tmp_path / 'pretrain.pth')
+@pytest.mark.parametrize('backbone', BACKBONES)
+def test_detectron2_layout_loads_with_plain_detection_checkpointer(tmp_path, capsys, backbone):
+    source = pretraining_checkpoint(tmp_path / 'pretrain.pth', backbone)
     convert_file(str(tmp_path / 'pretrain.pth'), str(tmp_path / 'converted.pth'), 'greenmim_mm')
     tool = load_tool()
     tool.main([str(tmp_path / 'converted.pth'), str(tmp_path / 'd2.pth')])
     assert f'({len(source)} tensors under backbone.bottom_up.body.)' in capsys.readouterr().out
     for checkpointer in (DetectionCheckpointer, GreenDetectionCheckpointer):
-        model = nano_model()
+        model = nano_model(backbone=backbone)
         before = snapshot(model)
         checkpointer(model).load(str(tmp_path / 'd2.pth'))
         after = model.state_dict()
@@ -139,3 +151,22 @@ def test_refuses_unconverted_pickled_and_foreign_files(tmp_path):
     partial = {f'backbone.{k}': v for k, v in source.items() if 'stages.3' not in k}
     torch.save({'state_dict': partial}, tmp_path / 'partial.pth')
     _refused(model, tmp_path / 'partial.pth', 'missing: backbone.bottom_up.body.stages.3')
+
+
+def test_twins_refuses_other_archs_and_swin_weights_with_nothing_loaded(tmp_path):
+    model = nano_model(backbone='twins')
+    pretraining_checkpoint(tmp_path / 'small.pth', 'twins', arch='small')
+    convert_file(str(tmp_path / 'small.pth'), str(tmp_path / 'small_c.pth'), 'greenmim_mm')
+    _refused(model, tmp_path / 'small_c.pth', 'wrong shape: .*patch_embeds.0.norm.bias')
+    pretraining_checkpoint(tmp_path / 'swin.pth')
+    convert_file(str(tmp_path / 'swin.pth'), str(tmp_path / 'swin_c.pth'), 'greenmim_mm')
+    _refused(model, tmp_path / 'swin_c.pth',
+             'missing: backbone.bottom_up.body.patch_embeds.0.*unexpected: .*body.norm3.bias')
+    source = pretraining_checkpoint(tmp_path / 'p.pth', 'twins')
+    partial = {f'backbone.{k}': v for k, v in source.items() if k != 'norm_after_stage3.weight'}
+    torch.save({'state_dict': partial}, tmp_path / 'partial.pth')
+    # the last out norm may be missing too (pattern norm_after_stage<i>), as Swin's norm3
+    GreenDetectionCheckpointer(model).load(str(tmp_path / 'partial.pth'))
+    partial.pop('backbone.position_encodings.3.proj.weight')
+    torch.save({'state_dict': partial}, tmp_path / 'partial2.pth')
+    _refused(model, tmp_path / 'partial2.pth', 'missing: .*position_encodings.3.proj.weight')

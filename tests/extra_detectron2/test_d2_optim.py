@@ -4,7 +4,7 @@ import torch
 
 pytest.importorskip('detectron2', reason='needs the extra: GREENMIM_MM_EXTRAS=detectron2')
 
-from d2_utils import NANO_YAML, load_cfg  # noqa: E402
+from d2_utils import NANO_YAML, TWINS_NANO_YAML, load_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
 from greenmim_mm.detectron2 import Trainer, param_groups  # noqa: E402
@@ -59,3 +59,19 @@ def test_trainer_optimizer_from_cfg():
         Trainer.build_optimizer(cfg, model)
     cfg.SOLVER.OPTIMIZER = 'SGD'
     assert isinstance(Trainer.build_optimizer(cfg, model), torch.optim.SGD)
+
+
+def test_twins_no_weight_decay_keys_and_layer_decay_refused():
+    cfg = load_cfg(TWINS_NANO_YAML)
+    model = build_model(cfg)
+    opt = Trainer.build_optimizer(cfg, model)  # the demo yaml: no layer decay
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sum(len(g['params']) for g in opt.param_groups) == len(names)
+    for group in opt.param_groups:
+        assert group['lr'] == pytest.approx(4e-4)
+        for p in group['params']:
+            no_decay = 'norm' in names[id(p)] or 'position_encodings' in names[id(p)]
+            assert group['weight_decay'] == (0.0 if no_decay else 0.05), names[id(p)]
+    cfg.SOLVER.LAYER_DECAY_RATE = 0.9
+    with pytest.raises(NotImplementedError, match='GreenTwinsSVT, which has none'):
+        Trainer.build_optimizer(cfg, model)

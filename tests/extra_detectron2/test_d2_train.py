@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip('detectron2', reason='needs the extra: GREENMIM_MM_EXTRAS=detectron2')
 
-from d2_utils import NANO_YAML, load_cfg  # noqa: E402
+from d2_utils import NANO_YAML, TWINS_NANO_YAML, load_cfg  # noqa: E402
 from detectron2.engine import DefaultTrainer, HookBase  # noqa: E402
 from detectron2.utils.env import seed_all_rng  # noqa: E402
 
@@ -36,10 +36,12 @@ class Probe(HookBase):
                              for n, p in params})
 
 
-def test_default_trainer_trains_evaluates_and_reloads(demo_data_factory, tmp_path, capsys):
+@pytest.mark.parametrize('yaml_path', [NANO_YAML, TWINS_NANO_YAML], ids=['swin', 'twins'])
+def test_default_trainer_trains_evaluates_and_reloads(demo_data_factory, tmp_path, capsys,
+                                                     yaml_path):
     root = demo_data_factory('d2_demo', train_per_class=1, val_per_class=1, det_train=4, det_val=2)
     register_demo_coco(osp.join(root, 'coco'))
-    cfg = load_cfg(NANO_YAML, 'SOLVER.MAX_ITER', ITERS, 'SOLVER.IMS_PER_BATCH', 2,
+    cfg = load_cfg(yaml_path, 'SOLVER.MAX_ITER', ITERS, 'SOLVER.IMS_PER_BATCH', 2,
                    'SOLVER.WARMUP_ITERS', 1, 'SOLVER.CHECKPOINT_PERIOD', ITERS,
                    'OUTPUT_DIR', str(tmp_path / 'out'))
     seed_all_rng(0)  # model init, data order (TrainingSampler draws its seed), drop path
@@ -59,7 +61,8 @@ def test_default_trainer_trains_evaluates_and_reloads(demo_data_factory, tmp_pat
     for task in ('bbox', 'segm'):
         assert {'AP', 'AP50', 'AP75'} <= set(results[task])
     with capsys.disabled():
-        print(f'\n[d2 demo] losses: {[round(x, 4) for x in probe.losses]}')
+        print(f'\n[d2 demo, {osp.basename(yaml_path)}] losses: '
+              f'{[round(x, 4) for x in probe.losses]}')
         print(f'[d2 demo] COCOEvaluator: {dict(results)}')
 
     final = osp.join(cfg.OUTPUT_DIR, 'model_final.pth')
