@@ -88,13 +88,17 @@ def ref_gsa(attn, x, hw, vis):
     return attn.proj(out)
 
 
-def reference_sparse(model, img, unit_mask):
-    """Dense SVT with invisible tokens zero at every conv input and excluded from every key."""
-    outs = []
+def reference_sparse(model, img, unit_mask, after_embed=False):
+    """Dense SVT with invisible tokens zero at every conv input and excluded from every key.
+    ``after_embed`` (``out_after_downsample``): out index i < last is instead stage i+1's
+    patch-embedding output at stage i+1's visible tokens."""
+    outs, last = [], model.num_stage - 1
     x = img * upsample_mask(~unit_mask, 32).to(img.dtype)
     for i in range(model.num_stage):
         vis = ~upsample_mask(unit_mask, 32 // model.stage_stride(i))
         x, hw = model.patch_embeds[i](x)
+        if after_embed and i > 0 and i - 1 in model.out_indices:
+            outs.append(x[:, vis.reshape(-1)])
         for j, layer in enumerate(model.stages[i]):
             attend = ref_lsa if j % 2 == 0 else ref_gsa
             x = x + attend(layer.attn, layer.norm1(x), hw, vis)
@@ -104,7 +108,7 @@ def reference_sparse(model, img, unit_mask):
                 m = x.transpose(1, 2).reshape(x.shape[0], -1, *hw)
                 x = x + peg.proj(m * vis.to(x.dtype)).flatten(2).transpose(1, 2)
         x = getattr(model, f'norm_after_stage{i}')(x)
-        if i in model.out_indices:
+        if i in model.out_indices and not (after_embed and i < last):
             outs.append(x[:, vis.reshape(-1)])
         x = x.transpose(1, 2).reshape(x.shape[0], -1, *hw)
         if i + 1 < model.num_stage:  # zero the next embedding's invisible input blocks

@@ -36,18 +36,21 @@ def out_strides(backbone: nn.Module) -> List[int]:
 
 @MODELS.register_module()
 class LocalMIM(GreenMIM):
-    """LocalMIM pre-training on a sparse hierarchical backbone (``GreenSwinTransformer``).
+    """LocalMIM pre-training on a sparse hierarchical backbone (``GreenSwinTransformer``,
+    ``GreenTwinsSVT``).
 
     One mask of 32-px units per device batch, drawn exactly as in ``GreenMIM`` (seed, rank and
     the ``mask_step`` buffer: exact resume, different masks per rank). The backbone's sparse path
     returns one (B, N_k, C_k) tensor of visible tokens per out index (LocalMIM Swin: stages 0-2
     after patch merging and the last stage, ``out_indices=(0, 1, 2, 3)``,
     ``out_after_downsample=True``, strides 8/16/32/32; the backbone's ``norm{i}`` are the per-head
-    LayerNorms, eps 1e-6). Head k: its decoder (``necks[k]``, e.g. ``MAEGridDecoder``) predicts
-    every cell of that output's grid from the visible tokens, and its head (``heads[k]``,
-    ``CellReconstructionHead``) compares with its target at cell = stride on the masked cells
-    (the unit mask repeated to the grid). Loss = sum_k loss_weights[k] * loss_k, logged per head
-    as ``loss_k``.
+    LayerNorms, eps 1e-6; LocalMIM Twins, ``GreenTwinsSVT`` with the same two options: the
+    patch-embedding outputs of stages 1-3, each through the embedding's own LayerNorm, and the
+    last stage's output, strides 8/16/32/32, see ``GreenTwinsSVT``). Head k: its decoder
+    (``necks[k]``, e.g. ``MAEGridDecoder``) predicts every cell of that output's grid from the
+    visible tokens, and its head (``heads[k]``, ``CellReconstructionHead``) compares with its
+    target at cell = stride on the masked cells (the unit mask repeated to the grid).
+    Loss = sum_k loss_weights[k] * loss_k, logged per head as ``loss_k``.
 
     Args:
         backbone (dict): the sparse backbone with one out index per head.

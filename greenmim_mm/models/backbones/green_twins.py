@@ -87,6 +87,16 @@ class GreenTwinsSVT(SparseBackboneMixin, SVT):
       - stage patch embeddings (2×2, stride 2): on whole visible 2×2 blocks.
 
     Args (besides mmpretrain's ``SVT``'s):
+        out_after_downsample (bool): for LocalMIM (the Twins analogue of mmpretrain Swin's
+            option): out index i < last returns stage i+1's patch-embedding output (conv 2×2
+            stride 2 + its LayerNorm, stride ``stage_stride(i + 1)``) instead of stage i's output;
+            the last stage's index keeps its output. ``out_indices=(0, 1, 2, 3)`` then gives
+            strides 8/16/32/32 like LocalMIM Swin. Why these: Swin's "stage i after patch
+            merging" is what stage i+1's blocks receive, which in Twins is stage i+1's patch
+            embedding; stage outputs 1/2/3/3 would need a repeated index and give two heads the
+            same tensor. Both paths; no parameter is added (the state dict stays mmpretrain's
+            ``SVT``), so the embedding's own LayerNorm (eps 1e-5, fixed by mmpretrain) is the
+            per-head norm of those outputs. Default False: mmpretrain's outputs.
         attn_backend (str): LSA backend: 'auto' (FlexAttention on CUDA when available, else
             SDPA), 'sdpa' (padded groups) or 'flex' (packed, no grouping).
         grouping (str): 'optimal', 'window' or 'single' (as ``GreenSwinTransformer``).
@@ -100,7 +110,8 @@ class GreenTwinsSVT(SparseBackboneMixin, SVT):
     arch_zoo = {**SVT.arch_zoo, 'nano': TWINS_NANO}
 
     def __init__(self, *args, attn_backend: str = 'auto', grouping: str = 'optimal',
-                 sparse_conv: str = DEFAULT_SPARSE_CONV, **kwargs):
+                 sparse_conv: str = DEFAULT_SPARSE_CONV, out_after_downsample: bool = False,
+                 **kwargs):
         if attn_backend not in BACKENDS:
             raise ValueError(f'attn_backend must be one of {BACKENDS}; got {attn_backend!r}')
         if grouping not in GROUPING_POLICIES:
@@ -110,6 +121,7 @@ class GreenTwinsSVT(SparseBackboneMixin, SVT):
         self.attn_backend = attn_backend
         self.grouping = grouping
         self.sparse_conv = sparse_conv
+        self.out_after_downsample = out_after_downsample
         for stage in self.stages:
             for j, layer in enumerate(stage):
                 if j % 2 == 0:  # SVT's LSA layers; the swap adds no parameter
@@ -130,11 +142,25 @@ class GreenTwinsSVT(SparseBackboneMixin, SVT):
         """Stride (px) of stage i's grid."""
         return int(math.prod(self.strides[:i + 1]))
 
+    def _after_embed(self, i: int) -> bool:
+        """Whether out index i is taken after stage i+1's patch embedding."""
+        return self.out_after_downsample and i < self.num_stage - 1
+
     @property
     def feature_info(self) -> List[Dict]:
         """Per out index: channels, stride (px) and geometry stage (see the contract)."""
-        return [dict(num_chs=int(self.embed_dims[i]), reduction=self.stage_stride(i), stage=i,
-                     module=f'norm_after_stage{i}') for i in self.out_indices]
+        info = []
+        for i in self.out_indices:
+            s = i + int(self._after_embed(i))
+            module = f'patch_embeds.{s}' if s != i else f'norm_after_stage{i}'
+            info.append(dict(num_chs=int(self.embed_dims[s]), reduction=self.stage_stride(s),
+                             stage=s, module=module))
+        return info
+
+    @property
+    def out_strides(self) -> List[int]:
+        """Stride (px) of every output, in ``out_indices`` order."""
+        return [f['reduction'] for f in self.feature_info]
 
     def _check_sparse_arch(self) -> Optional[str]:
         """Why this arch has no sparse path (None if it has one)."""
@@ -187,6 +213,34 @@ class GreenTwinsSVT(SparseBackboneMixin, SVT):
         return stages
 
     # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                geometry: Optional[List[StageGeometry]] = None) -> Tuple[torch.Tensor, ...]:
+        """The contract's forward; the dense path with ``out_after_downsample`` is
+        :meth:`forward_dense_after_downsample`."""
+        if mask is None and self.out_after_downsample:
+            return self.forward_dense_after_downsample(x)
+        return super().forward(x, mask=mask, geometry=geometry)
+
+    def forward_dense_after_downsample(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """mmpretrain's ``PCPVT.forward`` with out index i < last taken after stage i+1's
+        patch embedding: tuple of (B, C, H, W) maps."""
+        outs = []
+        b = x.shape[0]
+        for i in range(self.num_stage):
+            x, hw = self.patch_embeds[i](x)
+            if i > 0 and i - 1 in self.out_indices:
+                outs.append(x.transpose(1, 2).reshape(b, -1, *hw))
+            x = self.position_encoding_drops[i](x)
+            for j, blk in enumerate(self.stages[i]):
+                x = blk(x, hw)
+                if j == 0:
+                    x = self.position_encodings[i](x, hw)
+            x = getattr(self, f'norm_after_stage{i}')(x)
+            x = x.transpose(1, 2).reshape(b, -1, *hw)
+            if i in self.out_indices and not self._after_embed(i):
+                outs.append(x)
+        return tuple(outs)
+
     def forward_sparse(self, x: torch.Tensor, mask: torch.Tensor,
                        geometry: Optional[List[StageGeometry]] = None) -> Tuple[torch.Tensor, ...]:
         """Sparse path. x (B, 3, H, W), mask (H/32, W/32) bool -> tuple of (B, N_i, C_i)."""
@@ -197,6 +251,8 @@ class GreenTwinsSVT(SparseBackboneMixin, SVT):
                 x = self._embed_visible(x, geo)
             else:
                 x = self._sparse_patch_embed(self.patch_embeds[i], x, geometry[i - 1].merge_index)
+                if i - 1 in self.out_indices and self._after_embed(i - 1):
+                    outs.append(x)
             x = self.position_encoding_drops[i](x)
             for j, layer in enumerate(self.stages[i]):
                 if j % 2 == 0:
@@ -209,7 +265,7 @@ class GreenTwinsSVT(SparseBackboneMixin, SVT):
                 if j == 0:
                     x = self._sparse_peg(self.position_encodings[i], x, geo)
             x = getattr(self, f'norm_after_stage{i}')(x)
-            if i in self.out_indices:
+            if i in self.out_indices and not self._after_embed(i):
                 outs.append(x)
         return tuple(outs)
 
