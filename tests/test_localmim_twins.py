@@ -114,3 +114,19 @@ def test_nano_twins_demo_config_trains_every_parameter_of_the_used_path():
     missing = [n for n, p in model.named_parameters()
                if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
     assert missing == []
+
+
+def test_converter_keeps_the_whole_svt_backbone():
+    """``--src localmim`` on a LocalMIM-Twins checkpoint: no head norm to drop (none was added),
+    so the backbone is exactly mmpretrain's SVT state dict; decoders and heads are dropped."""
+    from greenmim_mm.converters import localmim_backbone
+    cfg, model = nano_twins_localmim()
+    sd, dropped = localmim_backbone({'state_dict': model.state_dict()})
+    ref = {k[len('backbone.'):]: v for k, v in model.state_dict().items()
+           if k.startswith('backbone.')}
+    assert sorted(sd) == sorted(ref) and all(torch.equal(sd[k], ref[k]) for k in ref)
+    assert dropped and all(not k.startswith('backbone.') for k in dropped)
+    assert cfg.model.backbone.arch == 'nano'
+    svt = SVT(arch=GreenTwinsSVT.arch_zoo['nano'], qkv_bias=True,
+              norm_after_stage=[False, False, False, True], norm_cfg=dict(type='LN', eps=1e-6))
+    svt.load_state_dict(sd, strict=True)
