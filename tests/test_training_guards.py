@@ -18,7 +18,7 @@ from mmpretrain.models.backbones import SwinTransformer
 
 import greenmim_mm  # noqa: F401
 from greenmim_mm.engine import NonFiniteLossError
-from greenmim_mm.models import GreenSwinTransformer
+from greenmim_mm.models import GreenSwinTransformer, GreenTwinsSVT
 from greenmim_mm.models.heads import UnitReconstructionHead
 from greenmim_mm.registry import HOOKS, MODELS
 
@@ -79,20 +79,43 @@ def test_frozen_stages_are_frozen_at_construction_as_mmpretrain_freezes_them(fro
 
 
 # ----------------------------------------------------------------------------- LayerNorm eps
-PRETRAIN = sorted(glob.glob(osp.join(ROOT, 'configs', 'pretrain', 'greenmim_*.py')))
+PRETRAIN = sorted(glob.glob(osp.join(ROOT, 'configs', 'pretrain', 'greenmim_*.py'))
+                  + glob.glob(osp.join(ROOT, 'configs', 'pretrain', 'localmim_*.py')))
+
+
+def _small_backbone(path):
+    """The config's backbone at a small size (the norms come from norm_cfg / patch_cfg /
+    stage_cfgs, not from the arch), so the build stays fast."""
+    backbone = Config.fromfile(path).model.backbone
+    if backbone.type.endswith('GreenSwinTransformer'):
+        backbone.arch = NANO
+    elif backbone.type.endswith('GreenTwinsSVT'):
+        backbone.arch = 'nano'
+    else:  # LocalMIM's ViT
+        backbone.update(arch=dict(embed_dims=32, num_layers=4, num_heads=2,
+                                  feedforward_channels=64), img_size=64)
+        backbone.pop('out_indices', None)
+    return MODELS.build(backbone)
 
 
 @pytest.mark.parametrize('path', PRETRAIN, ids=osp.basename)
 def test_pretrain_configs_build_every_encoder_layernorm_with_eps_1e6(path):
-    """The official GreenMIM encoder uses LayerNorm(eps=1e-6) everywhere (greenmim.md table)."""
-    cfg = Config.fromfile(path)
-    cfg.model.backbone.arch = NANO  # the norms come from norm_cfg / patch_cfg / stage_cfgs; a
-    backbone = MODELS.build(cfg.model.backbone)  # small arch keeps the build fast
-    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.LayerNorm)]
-    depths = backbone.depths
-    # patch embedding + 2 per block + 3 patch mergings + the out norms
-    assert len(norms) == 1 + 2 * sum(depths) + 3 + len(backbone.out_indices)
-    assert all(m.eps == 1e-6 for m in norms), {m.eps for m in norms}
+    """The official GreenMIM and LocalMIM encoders use LayerNorm(eps=1e-6) (greenmim.md table,
+    localmim.md 7.1): every LayerNorm of a Swin; every LayerNorm of a Twins-SVT but its patch
+    embeddings' (1e-5 in mmpretrain's SVT as in timm's Twins); every LayerNorm of the ViT."""
+    backbone = _small_backbone(path)
+    norms = {n: m for n, m in backbone.named_modules() if isinstance(m, torch.nn.LayerNorm)}
+    if isinstance(backbone, GreenSwinTransformer):
+        # patch embedding + 2 per block + 3 patch mergings + the out norms
+        depths = backbone.depths
+        assert len(norms) == 1 + 2 * sum(depths) + 3 + len(backbone.out_indices)
+    elif isinstance(backbone, GreenTwinsSVT):
+        patch = {n for n in norms if n.startswith('patch_embeds.')}
+        assert len(patch) == 4, sorted(norms)
+        assert all(norms[n].eps == 1e-5 for n in patch)
+        norms = {n: m for n, m in norms.items() if n not in patch}
+        assert len(norms) >= 2 * sum(backbone.depths) + 1, sorted(norms)
+    assert all(m.eps == 1e-6 for m in norms.values()), {n: m.eps for n, m in norms.items()}
 
 
 # ----------------------------------------------------------------------------- non-finite loss

@@ -14,5 +14,8 @@ model = dict(
         qkv_bias=True,
         norm_after_stage=[False, False, False, True],
         drop_path_rate=0.0,
+        # the official GreenMIM Twins-L builds its blocks' and stage norms with eps 1e-6
+        # (mmpretrain's SVT keeps its patch-embedding LayerNorms at 1e-5, as timm's Twins)
+        norm_cfg=dict(type='LN', eps=1e-6),
         out_indices=(3, )),
     neck=dict(in_channels=1024))

@@ -12,7 +12,11 @@ decoder_widths = [64, 128, 128, 128]
 
 model = dict(
     backbone=dict(arch='large', window_size=14,
-                  stage_cfgs=[dict(window_size=w) for w in (14, 14, 14, 7)]),
+                  # the list replaces the base's stage_cfgs: repeat its LayerNorm eps 1e-6
+                  stage_cfgs=[dict(window_size=w,
+                                   block_cfgs=dict(norm_cfg=dict(type='LN', eps=1e-6)),
+                                   downsample_cfg=dict(norm_cfg=dict(type='LN', eps=1e-6)))
+                              for w in (14, 14, 14, 7)]),
     necks=[
         dict(type='MAEGridDecoder', in_channels=c, embed_dims=d, depth=1, num_heads=4,
              mlp_ratio=4, pred_dims=3 * 18) for c, d in zip(encoder_widths, decoder_widths)

@@ -23,7 +23,11 @@ model = dict(
         drop_path_rate=0.0,
         out_indices=(0, 1, 2, 3),
         out_after_downsample=True,
-        norm_cfg=dict(type='LN', eps=1e-6)),
+        # every encoder LayerNorm with eps 1e-6, as the official LocalMIM Swin builders
+        norm_cfg=dict(type='LN', eps=1e-6),
+        patch_cfg=dict(norm_cfg=dict(type='LN', eps=1e-6)),
+        stage_cfgs=dict(block_cfgs=dict(norm_cfg=dict(type='LN', eps=1e-6)),
+                        downsample_cfg=dict(norm_cfg=dict(type='LN', eps=1e-6)))),
     necks=[
         dict(type='MAEGridDecoder', in_channels=c, embed_dims=d, depth=1, num_heads=4,
              mlp_ratio=4, pred_dims=3 * hog_nbins)
