@@ -62,6 +62,13 @@ def test_greenmim_refuses_out_norms_it_does_not_use():
         greenmim(out_indices=(0, 1, 2, 3))
 
 
+@pytest.mark.parametrize('frozen', [4, -2])
+def test_frozen_stages_out_of_range_is_one_clear_error(frozen):
+    """mmpretrain's Swin raises a bare IndexError (4) at train() or ignores the value (-2)."""
+    with pytest.raises(ValueError, match=rf'frozen_stages must be in \[-1, 3\].*got {frozen}'):
+        GreenSwinTransformer(arch=NANO, img_size=128, window_size=4, frozen_stages=frozen)
+
+
 @pytest.mark.parametrize('frozen,out_indices', [(0, (3, )), (1, (3, )), (1, (0, 1, 2, 3)),
                                                 (2, (0, 3))])
 def test_frozen_stages_are_frozen_at_construction_as_mmpretrain_freezes_them(frozen, out_indices):
@@ -142,6 +149,30 @@ def demo_argv(work_dir, data_root, *options):
             'train_dataloader.batch_size=4', f'train_dataloader.dataset.data_root={data_root}',
             'default_hooks.checkpoint.by_epoch=False', 'default_hooks.checkpoint.interval=1',
             *options]
+
+
+def test_weights_turning_nan_are_never_checkpointed(tiny_demo_data, tmp_path, monkeypatch):
+    """The update of iteration 2 overflows the weights while its loss was finite (a reviewer's
+    lr=1e6 run wrote such an iter_2.pth): the run stops naming iteration 2; iter_1.pth stays
+    and is finite; no iter_2.pth is written."""
+    from greenmim_mm import launch
+    from greenmim_mm.engine import NonFiniteWeightsError
+    original, calls = torch.optim.AdamW.step, []
+
+    def step_then_overflow_on_call_2(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            with torch.no_grad():
+                self.param_groups[0]['params'][0].fill_(float('inf'))
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, 'step', step_then_overflow_on_call_2)
+    with pytest.raises(NonFiniteWeightsError, match=r'after iteration 2: 1 of \d+ tensors'):
+        launch.main_train(demo_argv(tmp_path, tiny_demo_data))
+    assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_1.pth']
+    state = torch.load(tmp_path / 'iter_1.pth', weights_only=True)['state_dict']
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
 def test_loss_turning_nan_stops_before_its_checkpoint(tiny_demo_data, tmp_path, monkeypatch):

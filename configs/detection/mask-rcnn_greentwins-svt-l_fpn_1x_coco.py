@@ -35,3 +35,6 @@ optim_wrapper = dict(
 
 # Checkpoints in the plain, atomically written format (README, Checkpoint files).
 default_hooks = dict(checkpoint=dict(type='greenmim_mm.SafeCheckpointHook'))
+
+# Stop with a clear error on a non-finite loss, before any checkpoint of that iteration (README).
+custom_hooks = [dict(type='greenmim_mm.NonFiniteLossHook')]

@@ -34,3 +34,6 @@ test_dataloader = val_dataloader
 # Checkpoints in the plain, atomically written format (README, Checkpoint files).
 default_hooks = dict(
     checkpoint=dict(type='greenmim_mm.SafeCheckpointHook', interval=1, max_keep_ckpts=3))
+
+# Stop with a clear error on a non-finite loss, before any checkpoint of that iteration (README).
+custom_hooks = [dict(type='greenmim_mm.NonFiniteLossHook')]

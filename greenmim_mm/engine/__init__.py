@@ -2,9 +2,9 @@
 loss, skipped samples)."""
 from .checkpoint_hook import SafeCheckpointHook
 from .layer_decay import SwinLayerDecayOptimWrapperConstructor, backbone_layer_depth
-from .non_finite_loss import NonFiniteLossError, NonFiniteLossHook
+from .non_finite_loss import NonFiniteLossError, NonFiniteLossHook, NonFiniteWeightsError
 from .skipped_samples import SkippedSamplesHook, TooManyBadSamplesError
 
 __all__ = ['SafeCheckpointHook', 'SwinLayerDecayOptimWrapperConstructor', 'backbone_layer_depth',
-           'NonFiniteLossError', 'NonFiniteLossHook', 'SkippedSamplesHook',
+           'NonFiniteLossError', 'NonFiniteLossHook', 'NonFiniteWeightsError', 'SkippedSamplesHook',
            'TooManyBadSamplesError']

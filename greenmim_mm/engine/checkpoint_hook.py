@@ -13,7 +13,10 @@ partial file and a ``last_checkpoint`` naming a deleted one. This subclass
   ``before_save_checkpoint``), which ``torch.load(path, weights_only=True)`` reads with no
   allow-list, and restores it in ``after_load_checkpoint`` (``Runner.load_checkpoint`` calls it
   before ``Runner.resume`` reads the message hub, meta and optimizer);
-* removes the temporary files a killed save left behind when training starts.
+* removes the temporary files a killed save left behind when training starts;
+* refuses to write a checkpoint whose model weights hold NaN or inf
+  (:func:`~greenmim_mm.engine.non_finite_loss.check_finite_weights`): the run stops with
+  ``NonFiniteWeightsError`` and the older checkpoints stay.
 
 Everything else (intervals, ``save_best``, ``max_keep_ckpts``, ``filename_tmpl``...) is mmengine's.
 Checkpoints to a remote ``out_dir`` (``s3://``...) keep mmengine's backend and are not atomic.
@@ -27,6 +30,7 @@ from mmengine.hooks import CheckpointHook
 from ..checkpoint_format import from_plain, to_plain
 from ..fileio import ATOMIC_BACKEND, atomic_write_text, partial_files
 from ..registry import HOOKS
+from .non_finite_loss import check_finite_weights
 
 
 class _DeferredRemovals:
@@ -58,6 +62,8 @@ class SafeCheckpointHook(CheckpointHook):
 
     # ------------------------------------------------------------------ plain format
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        iteration = checkpoint.get('meta', {}).get('iter', runner.iter)  # iterations completed
+        check_finite_weights(checkpoint.get('state_dict', {}), iteration, runner.work_dir)
         for key in list(checkpoint):
             checkpoint[key] = to_plain(checkpoint[key], f"checkpoint['{key}']")
 

@@ -1,4 +1,4 @@
-"""Stop training at the first non-finite loss, before anything is checkpointed."""
+"""Stop training at the first non-finite loss, and never checkpoint non-finite weights."""
 import math
 from typing import Optional
 
@@ -38,6 +38,28 @@ class NonFiniteLossHook(Hook):
                 f'Non-finite loss at iteration {runner.iter + 1} (epoch {runner.epoch + 1}, '
                 f'batch {batch_idx + 1} of the epoch): {terms}. Training stopped; no checkpoint '
                 f'of this iteration was written (checkpoints in {runner.work_dir} are older).')
+
+
+class NonFiniteWeightsError(NonFiniteLossError):
+    """A checkpoint about to be written holds NaN or infinite model weights."""
+
+
+def check_finite_weights(state_dict: dict, iteration: int, work_dir: str) -> None:
+    """Raise :class:`NonFiniteWeightsError` if a floating tensor of ``state_dict`` holds NaN or
+    infinity, naming the iteration, the count and the first tensors.
+
+    A loss can be finite while the update it drives overflows the weights (e.g. a too-high lr):
+    :class:`NonFiniteLossHook` sees the *next* loss only, so the checkpoint hook calls this on
+    the model state before writing (``SafeCheckpointHook.before_save_checkpoint``).
+    """
+    bad = [k for k, v in state_dict.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise NonFiniteWeightsError(
+            f'Non-finite weights after iteration {iteration}: {len(bad)} of {len(state_dict)} '
+            f'tensors of the model state hold NaN or inf (first: {", ".join(bad[:3])}). Training '
+            f'stopped; this checkpoint was not written (checkpoints in {work_dir} are older).')
 
 
 def _as_float(value) -> Optional[float]:

@@ -67,6 +67,9 @@ class GreenSwinTransformer(SparseBackboneMixin, StrictPretrainedMixin, SwinTrans
         self.attn_backend = attn_backend
         self.grouping = grouping
         self._check_merging()
+        if not -1 <= self.frozen_stages < self.num_layers:
+            raise ValueError(f'frozen_stages must be in [-1, {self.num_layers - 1}] (-1: nothing '
+                             f'frozen, k: patch embedding and stages 0..k); got {self.frozen_stages}')
         # mmpretrain freezes only in train(), i.e. after DDP registered every parameter as
         # trainable ("Expected to have finished reduction..."): freeze at construction too.
         self._freeze_stages()
