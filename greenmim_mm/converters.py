@@ -16,7 +16,7 @@ Sources (``SOURCES``):
 * ``localmim``: our LocalMIM pre-training checkpoint: ``backbone.*`` without the per-head
   LayerNorms of outputs taken after patch merging (``norm{i}`` wider than stage i); decoders,
   heads, target generators dropped.
-* ``localmim-official-swin``: official LocalMIM Swin (localmim.md section 10): Microsoft keys under
+* ``localmim-official-swin``: official LocalMIM Swin (LocalMIM's official code): Microsoft keys under
   ``encoder.``, per-head norms ``encoder.norm.{k}``, ``decoder.*`` and ``hog_enc.*`` dropped; its
   sparse PatchMerging concatenates the 2x2 neighbours row-first (section 6.3), reordered as
   ``official-g1``.

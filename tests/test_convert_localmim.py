@@ -1,7 +1,7 @@
 """Converter: LocalMIM checkpoints (ours, official Swin, official ViT) -> backbone weights.
 
 References: our own model's backbone weights; a row-first 2x2 merge written here (the official
-LocalMIM Swin's sparse PatchMerging, localmim.md 6.3); timm's Swin in the official layout with
+LocalMIM Swin's sparse PatchMerging, LocalMIM's official code); timm's Swin in the official layout with
 the row-first merge (via test_convert_checkpoint's helpers); timm's ViT blocks for the ViT.
 """
 import argparse

@@ -107,8 +107,8 @@ def _small_backbone(path):
 
 @pytest.mark.parametrize('path', PRETRAIN, ids=osp.basename)
 def test_pretrain_configs_build_every_encoder_layernorm_with_eps_1e6(path):
-    """The official GreenMIM and LocalMIM encoders use LayerNorm(eps=1e-6) (greenmim.md table,
-    localmim.md 7.1): every LayerNorm of a Swin; every LayerNorm of a Twins-SVT but its patch
+    """The official GreenMIM and LocalMIM encoders use LayerNorm(eps=1e-6) (the official
+    GreenMIM and LocalMIM model builders): every LayerNorm of a Swin; every LayerNorm of a Twins-SVT but its patch
     embeddings' (1e-5 in mmpretrain's SVT as in timm's Twins); every LayerNorm of the ViT."""
     backbone = _small_backbone(path)
     norms = {n: m for n, m in backbone.named_modules() if isinstance(m, torch.nn.LayerNorm)}

@@ -1,7 +1,7 @@
 """Transfer: ImageNet fine-tuning and Mask R-CNN configs, layer-wise lr decay, and
 pre-train -> convert -> fine-tune / detect end to end on generated data.
 
-The layer-decay reference is GreenMIM's fine-tuning rule written out from greenmim.md section 6.2
+The layer-decay reference is GreenMIM's fine-tuning rule written out from GreenMIM's official code
 (SimMIM's ``get_swin_layer``), mapped onto mmpretrain's parameter names; the weight-decay
 reference is SimMIM's skip rule (1-D parameters, biases, relative position tables, absolute
 position embedding) for classification and mmdet's Swin custom keys for detection.
@@ -42,7 +42,7 @@ def _fresh_scope():
 
 # ----------------------------------------------------------------------------- references
 def greenmim_layer_id(name, depths):
-    """GreenMIM/SimMIM layer id (greenmim.md 6.2) of a classifier or detector parameter."""
+    """GreenMIM/SimMIM layer id (GreenMIM's official code) of a classifier or detector parameter."""
     top = sum(depths) + 1
     if not name.startswith('backbone.'):
         return top  # head / neck / detection heads

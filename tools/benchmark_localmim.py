@@ -44,7 +44,7 @@ def parse_args(argv=None):
 
 
 def model_cfg(name, args):
-    """The config of ``name``: GreenMIM's paper decoder, or LocalMIM's Swin heads (localmim.md
+    """The config of ``name``: GreenMIM's paper decoder, or LocalMIM's Swin heads (LocalMIM's official code
     section 4: decoders 64/128/128/128, HOG nbins 18 + bias or norm-pix pixels)."""
     window = args.window or (7 if args.img_size % 224 == 0 else 6)
     c = ARCH_DIMS[args.arch]

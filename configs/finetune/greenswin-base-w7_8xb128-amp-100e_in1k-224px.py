@@ -1,5 +1,5 @@
 # ImageNet-1k fine-tuning of a GreenMIM-pre-trained Swin-B (window 7, 224 px), GreenMIM's recipe
-# (greenmim.md section 6.2: SimMIM's main_finetune.py with GreenMIM's ft_configs):
+# (GreenMIM's official code: SimMIM's main_finetune.py with GreenMIM's ft_configs):
 # 100 epochs (20 warm-up), AdamW betas (0.9, 0.999) eps 1e-8, wd 0.05 (none on norms, biases,
 # absolute_pos_embed, relative position tables), base lr 1.25e-3 per 512 images (auto_scale_lr:
 # 8 GPUs x 128 = 1024 -> 2.5e-3), layer-wise lr decay 0.9, drop path 0.1, gradient clipping 5.0,

@@ -1,6 +1,6 @@
 # ImageNet-1k fine-tuning of a GreenMIM-pre-trained Swin-L, window 14 (per-stage windows
 # 14, 14, 14, 7: stage 4's map is 7x7 at 224 px), 224 px. GreenMIM's Swin-L values
-# (greenmim.md section 6.2): base lr 1e-3 per 512 images (16 GPUs x 48 = 768 -> 1.5e-3, the
+# (GreenMIM's official code): base lr 1e-3 per 512 images (16 GPUs x 48 = 768 -> 1.5e-3, the
 # batch of GreenMIM's README), layer decay 0.8, drop path 0.3, warm-up from / cosine to
 # 2e-7 / 3.5e-7 per 1e-3 of peak lr; everything else as the Swin-B config it is built on
 # (greenswin-base-w7_8xb128-amp-100e_in1k-224px.py). Layer ids: 26 layers (depths 2, 2, 18, 2),

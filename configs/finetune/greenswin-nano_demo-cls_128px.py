@@ -1,7 +1,7 @@
 # Demo: a nano GreenSwinTransformer (dense path) classifying the generated demo shapes at 128 px,
 # from random initialisation: the baseline of greenswin-nano_greenmim-pt_demo-cls_128px.py, which
 # starts from the demo GreenMIM pre-training. Both use GreenMIM's fine-tuning recipe in miniature
-# (greenmim.md section 6.2): AdamW betas (0.9, 0.999), wd 0.05 (none on norms, biases and relative
+# (GreenMIM's official code): AdamW betas (0.9, 0.999), wd 0.05 (none on norms, biases and relative
 # position tables), layer-wise lr decay 0.9, drop path 0.1, label smoothing 0.1, linear warm-up
 # then cosine, per iteration. Left out for the tiny data and short schedule: Mixup/CutMix,
 # RandAugment, RandomErasing (see the ImageNet configs). `python tools/make_demo_data.py` makes

@@ -1,5 +1,5 @@
 # LocalMIM, Swin-B window 7, HOG targets, 8 GPUs x 256, 100 epochs (10 warm-up), blr 1e-4
-# (localmim.md 7.1: 100-epoch runs warm up for 10 epochs).
+# (LocalMIM's official code: 100-epoch runs warm up for 10 epochs).
 _base_ = ['./_base_/localmim_swin_pretrain_in1k-224px.py']
 
 max_epochs = 100

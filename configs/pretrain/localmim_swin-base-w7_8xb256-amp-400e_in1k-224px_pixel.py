@@ -1,5 +1,5 @@
 # LocalMIM, Swin-B window 7, normalised-pixel targets per cell (8/16/32/32 px: 192/768/3072/3072
-# values, MAE norm-pix, eps 1e-6), 8 GPUs x 256, 400 epochs, blr 1e-4 (localmim.md 7.1; model
+# values, MAE norm-pix, eps 1e-6), 8 GPUs x 256, 400 epochs, blr 1e-4 (LocalMIM's official code; model
 # zoo: 84.0 top-1).
 _base_ = ['./localmim_swin-base-w7_8xb256-amp-400e_in1k-224px_hog.py']
 

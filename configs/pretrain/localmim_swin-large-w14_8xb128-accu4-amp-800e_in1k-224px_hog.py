@@ -1,6 +1,6 @@
 # LocalMIM, Swin-L window 14 (stage 4 uses 7: its map is 7x7 at 224 px), HOG targets (nbins 18 +
 # frozen gradient bias), 8 GPUs x 128 x 4 accumulation steps = 4096 images per update,
-# 800 epochs (40 warm-up), blr 1e-4 -> lr 1.6e-3 (localmim.md 7.1).
+# 800 epochs (40 warm-up), blr 1e-4 -> lr 1.6e-3 (LocalMIM's official code).
 _base_ = ['./_base_/localmim_swin_pretrain_in1k-224px.py']
 
 max_epochs = 800

@@ -1,4 +1,4 @@
-# LocalMIM, ViT-B/16 (localmim.md sections 2.1, 3, 4, 7.1): mmpretrain's MAEViT on the visible
+# LocalMIM, ViT-B/16 (LocalMIM's official code): mmpretrain's MAEViT on the visible
 # patches (per-sample masking, ratio 0.75), heads after blocks 1, 3, 9, 11, each with its own
 # LayerNorm (eps 1e-6) and decoder (256 wide, 1 block, 8 heads), predicting HOG (nbins 9, no
 # gradient bias) on grids 4/2/1/0.5 x the 14x14 patch grid (cells of 4/8/16/32 px; the 32-px cells

@@ -1,4 +1,4 @@
-# GreenMIM pre-training recipe (official scripts, greenmim.md section 6.1), Swin-B window 7:
+# GreenMIM pre-training recipe (GreenMIM's official scripts), Swin-B window 7:
 # ImageNet-1k train images (no labels), 224 px, one mask of 32-px units per GPU batch (ratio
 # 0.75: 12 of 49 units visible), MAE-style decoder 512 x 1 block x 16 heads, norm-pix MSE on the
 # masked units; AdamW betas (0.9, 0.95), wd 0.05 (none on norms, biases, relative position bias

@@ -1,4 +1,4 @@
-# LocalMIM pre-training recipe for Swin (localmim.md sections 2.2, 3, 4, 5, 7.1), Swin-B window 7,
+# LocalMIM pre-training recipe for Swin (LocalMIM's official code), Swin-B window 7,
 # HOG targets: the GreenMIM data pipeline, mask (one 7x7 mask of 32-px units per GPU batch, ratio
 # 0.75) and sparse encoder; heads on the stage outputs after patch merging (stages 0-2) and the
 # last stage (strides 8/16/32/32: grids 28/14/7/7 at 224 px), each through its own LayerNorm (the

@@ -1,7 +1,7 @@
 """LocalMIM: multi-scale local reconstruction on the sparse hierarchical encoder.
 
 Wang et al., "Masked Image Modeling with Local Multi-Scale Reconstruction", CVPR 2023
-(localmim.md). Several stages of the encoder each get a tiny decoder and a target at the scale of
+(LocalMIM's official code). Several stages of the encoder each get a tiny decoder and a target at the scale of
 that stage's grid (fine below, coarse above); the losses are summed. The encoder sees only the
 visible 32-px mask units, exactly as in GreenMIM, whose mask bookkeeping this reuses.
 """

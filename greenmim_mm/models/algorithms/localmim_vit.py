@@ -1,4 +1,4 @@
-"""LocalMIM on a columnar ViT (localmim.md sections 2.1, 3.1, 4, 5, 6.1)."""
+"""LocalMIM on a columnar ViT (LocalMIM's official code)."""
 from typing import List
 
 import torch

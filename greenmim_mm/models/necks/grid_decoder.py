@@ -5,7 +5,7 @@ supervised stage's own token grid, e.g. 28/14/7/7 at 224 px for Swin). The mask 
 bool (H, W) tensor, True = masked, shared by the batch. The sparse encoders emit one latent per
 *visible* cell in raster order, so latent k goes to the k-th visible cell in raster order,
 ``(~mask).flatten().nonzero()``. (Official GreenMIM/LocalMIM un-shuffle with MAE's ``ids_restore``
-instead, which puts visible latents at permuted positions; greenmim.md section 5.3. Fixed here.)
+instead, which puts visible latents at permuted positions in GreenMIM's official code. Fixed here.)
 """
 from typing import Dict, Optional, Tuple
 
@@ -92,8 +92,8 @@ class MAEGridDecoder(GridPlacement):
     Linear embed of the visible latents -> placement at their cells, learned mask token
     elsewhere, fixed 2-D sin-cos position (computed for the mask's grid on the fly) ->
     ``depth`` mmpretrain ``TransformerEncoderLayer`` blocks (pre-norm, qkv bias) -> LayerNorm ->
-    Linear predictor. GreenMIM (greenmim.md 5.2): 512 wide, 1 block, 16 heads on the 32-px unit
-    grid; LocalMIM Swin (localmim.md 4): 64/128/128/128 wide, 1 block, 4 heads, one per stage.
+    Linear predictor. GreenMIM (official code): 512 wide, 1 block, 16 heads on the 32-px unit
+    grid; LocalMIM Swin (official code): 64/128/128/128 wide, 1 block, 4 heads, one per stage.
 
     Args:
         in_channels (int): latent width.

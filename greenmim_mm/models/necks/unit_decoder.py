@@ -2,7 +2,7 @@
 
 The encoder (``GreenSwinTransformer`` sparse path, last stage) emits one latent per *visible*
 32-px unit in raster order of the visible units; the decoders place them at their own units
-(``grid_decoder``; the official code's misplacement, greenmim.md section 5.3, is fixed and tested).
+(``grid_decoder``; the official GreenMIM code's misplacement is fixed and tested).
 """
 from typing import Optional
 

@@ -16,7 +16,7 @@ SCALES = (4.0, 2.0, 1.0, 0.5)
 
 
 def rescale_layers(scale: float, dims: int) -> nn.Sequential:
-    """localmim.md section 4 (ViT): x4 two 2x2 deconvolutions (dims -> dims/2, channel
+    """LocalMIM's official code: x4 two 2x2 deconvolutions (dims -> dims/2, channel
     LayerNorm, GELU, -> dims/4), x2 one (dims -> dims/2), x1 nothing, x0.5 2x2 average pool."""
     if scale == 4:
         return nn.Sequential(nn.ConvTranspose2d(dims, dims // 2, 2, 2), LayerNorm2d(dims // 2),
@@ -32,7 +32,7 @@ def rescale_layers(scale: float, dims: int) -> nn.Sequential:
 
 @MODELS.register_module()
 class LocalMIMViTDecoder(BaseModule):
-    """One LocalMIM ViT head's decoder (localmim.md section 4): per-head LayerNorm (eps 1e-6) ->
+    """One LocalMIM ViT head's decoder (LocalMIM's official code): per-head LayerNorm (eps 1e-6) ->
     Linear embed -> visible tokens at their own patches (per sample, raster order), learned mask
     token elsewhere, cls token kept, fixed 2-D sin-cos position (zero for cls, as MAE) -> ``depth``
     transformer blocks -> LayerNorm -> cls dropped, tokens as a (h, w) map -> rescale by

@@ -1,4 +1,4 @@
-"""LocalMIM's HOG target (Wang et al., CVPR 2023; localmim.md section 3.2) at any cell size.
+"""LocalMIM's HOG target (Wang et al., CVPR 2023; LocalMIM's official code) at any cell size.
 
 Per colour channel of the normalised input: 3x3 Sobel-type gradients with reflect padding,
 magnitude and unsigned orientation, hard binning, per-cell average pooling, L2 normalisation of
@@ -41,7 +41,7 @@ class LocalMIMHOGGenerator(HOGGenerator):
             (ViT-L, Swin-B-HOG and Swin-L recipes): (bx, by) ~ U(-1/3, 1/3), PyTorch's default
             bias init of a one-input-channel 3x3 conv (fan-in 9), drawn once at construction
             and kept in the persistent buffer ``gradient_bias`` (never trained). The official
-            conv layout behind that fan-in is not verified (localmim.md marks only its effect).
+            conv layout behind that fan-in is not verified (only its effect is documented).
 
     Raises ValueError for inputs that are not (B, 3, H, W) with sides multiples of ``cell``.
     """
