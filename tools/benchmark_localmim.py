@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from benchmark import ARCH_DIMS, NANO, _status_kib, sync
+from benchmark import ARCH_DIMS, _status_kib, sync
 
 VARIANTS = ('GreenMIM', 'LocalMIM HOG', 'LocalMIM Pixel')
 
@@ -44,11 +44,11 @@ def parse_args(argv=None):
 
 
 def model_cfg(name, args):
-    """The config of ``name``: GreenMIM's paper decoder, or LocalMIM's Swin heads (LocalMIM's official code
-    section 4: decoders 64/128/128/128, HOG nbins 18 + bias or norm-pix pixels)."""
+    """The config of ``name``: GreenMIM's paper decoder, or LocalMIM's Swin heads (LocalMIM's official
+    code: decoders 64/128/128/128, HOG nbins 18 + bias or norm-pix pixels)."""
     window = args.window or (7 if args.img_size % 224 == 0 else 6)
     c = ARCH_DIMS[args.arch]
-    backbone = dict(type='GreenSwinTransformer', arch=NANO if args.arch == 'nano' else args.arch,
+    backbone = dict(type='GreenSwinTransformer', arch=args.arch,
                     img_size=args.img_size, window_size=window, drop_path_rate=0.0,
                     attn_backend=args.backend, norm_cfg=dict(type='LN', eps=1e-6))
     if name == 'GreenMIM':
