@@ -21,9 +21,10 @@ this format (mmengine's pickled ``HistoryBuffer``) are read through
 :mod:`greenmim_mm.checkpoint_loading`, which maps each ``HistoryBuffer`` to an inert
 :class:`LegacyHistoryBuffer` record; :func:`from_plain` turns those into real ones too.
 """
+import math
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -114,44 +115,86 @@ def _array_to_plain(arr: np.ndarray, where: str) -> dict:
 
 
 # ---------------------------------------------------------------------------- reading
-def from_plain(obj: Any) -> Any:
+def from_plain(obj: Any, memo: Optional[dict] = None) -> Any:
     """Restore what :func:`to_plain` wrote (and :class:`LegacyHistoryBuffer` records) as the
     original objects; everything else is returned as is. Raises ``ValueError`` on a malformed
-    tagged value."""
+    tagged value. A container met twice (shared references in the pickle) is restored once, so
+    the work is linear in the file's size, not in its expanded size."""
     if isinstance(obj, torch.Tensor) or type(obj) in _LEAVES:
         return obj
+    memo = {} if memo is None else memo
+    if id(obj) in memo:
+        return memo[id(obj)][1]
+    out = _restore_one(obj, memo)
+    memo[id(obj)] = (obj, out)  # keep obj alive so its id is not reused
+    return out
+
+
+def _restore_one(obj: Any, memo: dict) -> Any:
     if isinstance(obj, LegacyHistoryBuffer):
         return _history_buffer(vars(obj).get('_log_history'), vars(obj).get('_count_history'),
                                vars(obj).get('max_length', 1000000))
     if isinstance(obj, dict) and TAG in obj:
-        return _tagged(obj)
+        return _tagged(obj, memo)
     if isinstance(obj, dict):
         out = OrderedDict() if isinstance(obj, OrderedDict) else {}
         for key, value in obj.items():
-            out[key] = from_plain(value)
+            out[key] = from_plain(value, memo)
         if isinstance(obj, OrderedDict) and hasattr(obj, '_metadata'):
-            out._metadata = from_plain(obj._metadata)
+            out._metadata = from_plain(obj._metadata, memo)
         return out
     if type(obj) in (list, tuple, set):
-        return type(obj)(from_plain(v) for v in obj)
+        return type(obj)(from_plain(v, memo) for v in obj)
     return obj
 
 
-def _tagged(obj: dict) -> Any:
+# A tagged array may be at most this much larger than the data the file holds for it (a tiny
+# file must not ask for gigabytes, e.g. 1000 empty strings as dtype '<U999999').
+_MAX_EXPANSION, _MIN_BUDGET = 64, 1 << 20
+
+
+def _leaves(data: Any, depth: int, memo: dict) -> tuple:
+    """(count, bytes) of the leaves of a nested list ``depth`` levels deep (memoised by id)."""
+    if depth == 0 or not isinstance(data, list):
+        return 1, len(data) if isinstance(data, (str, bytes)) else 8
+    if id(data) not in memo:
+        counts = [_leaves(v, depth - 1, memo) for v in data]
+        memo[id(data)] = (data, sum(c for c, _ in counts), sum(b for _, b in counts))
+    return memo[id(data)][1:]
+
+
+def _tagged_array(obj: dict, memo: dict) -> np.ndarray:
+    from .checkpoint_numpy import plain_dtype
+    data, dtype, shape = obj['data'], plain_dtype(obj['dtype'], 'a tagged ndarray'), obj['shape']
+    if not (isinstance(shape, list) and all(type(n) is int and 0 <= n < 2**40 for n in shape)):
+        raise ValueError(f'a tagged ndarray has shape {shape!r}')
+    size = math.prod(shape)
+    if isinstance(data, torch.Tensor):
+        count, nbytes = data.numel(), data.numel() * data.element_size()
+    elif isinstance(data, list):
+        count, nbytes = _leaves(data, len(shape), {}) if shape else (1, 8)
+    else:
+        raise ValueError(f'a tagged ndarray holds a {type(data).__name__}')
+    if count != size:
+        raise ValueError(f'a tagged ndarray of shape {shape} holds {count} values')
+    if size * dtype.itemsize > max(_MIN_BUDGET, _MAX_EXPANSION * nbytes):
+        raise ValueError(f'a tagged ndarray {dtype.str}{shape} would take {size * dtype.itemsize} '
+                         f'bytes from {nbytes} bytes of data')
+    if isinstance(data, torch.Tensor):
+        arr = data.numpy().astype(dtype, copy=True)
+    else:
+        arr = np.array(data, dtype=dtype)
+    return arr.reshape(shape)
+
+
+def _tagged(obj: dict, memo: dict) -> Any:
     from .checkpoint_numpy import plain_dtype
     kind = obj[TAG]
     if kind == 'HistoryBuffer':
-        return _history_buffer(from_plain(obj['log_history']), from_plain(obj['count_history']),
-                               obj['max_length'])
+        return _history_buffer(from_plain(obj['log_history'], memo),
+                               from_plain(obj['count_history'], memo), obj['max_length'])
     if kind == 'ndarray':
-        data, dtype = obj['data'], plain_dtype(obj['dtype'], 'a tagged ndarray')
-        if isinstance(data, torch.Tensor):
-            arr = data.numpy().astype(dtype, copy=True)
-        elif isinstance(data, list):
-            arr = np.array(data, dtype=dtype)
-        else:
-            raise ValueError(f'a tagged ndarray holds a {type(data).__name__}')
-        return arr.reshape([int(n) for n in obj['shape']])
+        return _tagged_array(obj, memo)
     if kind == 'numpy_scalar':
         return plain_dtype(obj['dtype'], 'a tagged numpy scalar').type(obj['value'])
     if kind == 'numpy_dtype':

@@ -173,14 +173,19 @@ def _restored(source: str, checkpoint: Any) -> Any:
             f'when read (allowed: {_INERT}). {_SEE_README}.') from None
     except RecursionError:
         raise CheckpointLoadError(f'cannot read {source}: its data is nested too deeply') from None
-    drop_config_text(checkpoint, source)
+    except Exception as err:  # malformed records (bad shapes, sizes, keys): one clear error
+        raise CheckpointLoadError(f'cannot read {source}: malformed numpy values: '
+                                  f'{type(err).__name__}: {err}') from None
     try:
-        return from_plain(checkpoint)
+        checkpoint = from_plain(checkpoint)
     except UnsafeNumpyValue as err:
         raise UnsafeCheckpointError(f'cannot read {source}: {err}. {_SEE_README}.') from None
     except Exception as err:
         raise CheckpointLoadError(f'cannot read {source}: malformed greenmim_mm/mmengine values: '
                                   f'{type(err).__name__}: {err}') from None
+    # After restoring: a tagged value (e.g. a numpy str_) must not slip through as config text.
+    drop_config_text(checkpoint, source)
+    return checkpoint
 
 
 def drop_config_text(checkpoint: Any, source: str) -> list:
@@ -196,6 +201,7 @@ def drop_config_text(checkpoint: Any, source: str) -> list:
     info = hub.get('runtime_info') if isinstance(hub, dict) else None
     for where, holder, key in (("meta['config']", meta, 'config'), ("meta['cfg']", meta, 'cfg'),
                                ("message_hub['runtime_info']['cfg']", info, 'cfg')):
+        # after restoring, so numpy str_/bytes_ (str/bytes subclasses) count as text too
         if isinstance(holder, dict) and isinstance(holder.get(key), (str, bytes)):
             del holder[key]
             dropped.append(where)

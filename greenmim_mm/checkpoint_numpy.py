@@ -19,6 +19,7 @@ Plain dtypes only (:func:`check_plain_dtype`): kinds bool, signed/unsigned int, 
 meta holds class-name arrays), any byte order; never object, void/structured, subarray, datetime or
 numpy 2's variable-width ``StringDType`` (which holds pointers).
 """
+import math
 import pickle
 import re
 from typing import Any
@@ -159,7 +160,7 @@ def _array(record: ArrayRecord, where: str) -> np.ndarray:
     dtype = _dtype(dtype, f'{where}.dtype')
     if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
         raise UnsafeNumpyValue(f'{where}: numpy array with shape {shape!r}')
-    size = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    size = math.prod(shape)  # Python ints: no int64 overflow to a small size
     if not isinstance(raw, bytes) or len(raw) != size * dtype.itemsize:
         raise UnsafeNumpyValue(f'{where}: numpy array {dtype.str}{list(shape)} needs '
                                f'{size * dtype.itemsize} bytes of data, the file holds '

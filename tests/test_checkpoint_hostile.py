@@ -168,12 +168,22 @@ def test_plain_numpy_values_of_every_kind_still_load(tmp_path):
 EVIL_CONFIG = "open({marker!r}, 'w').write('ran')\n"
 
 
-def test_config_text_is_not_loaded(tmp_path):
+def config_value(text, form):
+    """Config text as a plain str, or (second review) as a tagged numpy str_ scalar of our own
+    plain format, which the loader restores into a ``str`` subclass."""
+    from greenmim_mm.checkpoint_format import TAG
+    if form == 'str':
+        return text
+    return {TAG: 'numpy_scalar', 'dtype': f'<U{len(text)}', 'value': text}
+
+
+@pytest.mark.parametrize('form', ['str', 'tagged numpy str_'])
+def test_config_text_is_not_loaded(tmp_path, form):
     """``meta['config']``, ``meta['cfg']`` and the message hub's ``cfg`` are dropped; mmengine's
     inferencer (built without a config) then finds no config instead of executing one."""
     from mmengine.infer import BaseInferencer
     marker = tmp_path / 'MARKER'
-    text = EVIL_CONFIG.format(marker=str(marker))
+    text = config_value(EVIL_CONFIG.format(marker=str(marker)), form)
     path = tmp_path / 'evil_cfg.pth'
     hub = {'log_scalars': {}, 'runtime_info': {'cfg': text, 'epoch': 1},
            'resumed_keys': {'cfg': True, 'epoch': True}}
@@ -188,7 +198,8 @@ def test_config_text_is_not_loaded(tmp_path):
     assert not marker.exists()
 
 
-def test_train_resume_does_not_run_config_text(tmp_path, tiny_demo):
+@pytest.mark.parametrize('form', ['str', 'tagged numpy str_'])
+def test_train_resume_does_not_run_config_text(tmp_path, tiny_demo, form):
     """The review's reproduction: a real training checkpoint with ``meta['config']`` set to code,
     resumed through ``tools/train.py --resume``: the code does not run, training continues."""
     work = tmp_path / 'w'
@@ -197,7 +208,7 @@ def test_train_resume_does_not_run_config_text(tmp_path, tiny_demo):
     assert run_tool('tools/train.py', *args[:3], *args[3:], 'train_cfg.max_epochs=1') == 0
     checkpoint = torch.load(work / 'epoch_1.pth', weights_only=True)
     marker = tmp_path / 'MARKER'
-    checkpoint['meta']['config'] = EVIL_CONFIG.format(marker=str(marker))
+    checkpoint['meta']['config'] = config_value(EVIL_CONFIG.format(marker=str(marker)), form)
     evil = tmp_path / 'real_evil.pth'
     torch.save(checkpoint, evil)
     work2 = tmp_path / 'w2'
@@ -212,6 +223,42 @@ def test_train_resume_does_not_run_config_text(tmp_path, tiny_demo):
     assert 'resumed epoch: 1' in output
     resumed = load_checkpoint_file(str(work2 / 'epoch_2.pth'))
     assert 'config' not in resumed['meta']
+
+
+def _tagged_array(dtype, shape, data):
+    from greenmim_mm.checkpoint_format import TAG
+    return {TAG: 'ndarray', 'dtype': dtype, 'shape': shape, 'data': data}
+
+
+@pytest.mark.parametrize('value,problem', [
+    # a 2.7 kB file asking for 3.7 GiB (1000 strings of 999,999 characters)
+    (_tagged_array('<U999999', [1000], torch.zeros(1000, dtype=torch.uint8)), 'would take'),
+    (_tagged_array('<U999999', [100000], [''] * 100000), 'would take'),
+    (_tagged_array('<f8', [3], torch.zeros(2, dtype=torch.float64)), 'holds 2 values'),
+    (_tagged_array('<f8', [2**32, 2**32], torch.zeros(0, dtype=torch.float64)), 'shape'),
+    (_tagged_array('<f8', [2**70], []), 'shape'),
+])
+def test_tagged_arrays_are_bounded_by_the_data_in_the_file(tmp_path, value, problem):
+    """Second review: restoring a tagged array allocated dtype x shape whatever the file held."""
+    path = tmp_path / 'big.pth'
+    torch.save({'meta': {'epoch': value}}, path)
+    with pytest.raises(CheckpointLoadError, match=problem):
+        load_checkpoint_file(str(path))
+
+
+def test_shared_references_restore_in_linear_time(tmp_path):
+    """Second review: a list holding the same list twice, 40 levels deep (a 1.5 kB file), took
+    exponential time to restore; shared references are restored once now."""
+    nested = []
+    for _ in range(40):
+        nested = [nested, nested]
+    path = tmp_path / 'deep.pth'
+    torch.save({'meta': {'x': nested}}, path)
+    result = python('-c', 'import sys, greenmim_mm\n'
+                    'from greenmim_mm.checkpoint_loading import load_checkpoint_file\n'
+                    'x = load_checkpoint_file(sys.argv[1])["meta"]["x"]\n'
+                    'assert x[0] is x[1]; print("ok")', str(path), timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == 'ok', result.stderr[-2000:]
 
 
 # ---------------------------------------------------------------------------- C/D: messages
