@@ -51,6 +51,7 @@ class LocalMIMHOGGenerator(HOGGenerator):
         self.cell = int(cell)
         bias = torch.empty(2).uniform_(-1 / 3, 1 / 3) if gradient_bias else None
         self.register_buffer('gradient_bias', bias, persistent=True)
+        self._offsets = {}
 
     @property
     def out_channels(self) -> int:
@@ -60,37 +61,53 @@ class LocalMIMHOGGenerator(HOGGenerator):
     def gradients(self, imgs: torch.Tensor):
         """(B, 3, H, W) -> gx, gy, each (B, 3, H, W) (fp32): the cross-correlation with
         ``weight_x`` / ``weight_y`` after reflect padding, computed separably ((1, 2, 1) smoothing
-        of a central difference) from shifted slices (equal to mmpretrain's conv; tested)."""
+        of a central difference) from shifted slices (equal to mmpretrain's conv; tested).
+        Fused ``add(.., alpha=2)`` / in-place adds, same operation order as the plain
+        ``a + 2 * b + c``: bitwise the same values at about a quarter of the time on the CPU."""
         x = F.pad(imgs.float(), (1, 1, 1, 1), mode='reflect')
         dx = x[..., :, :-2] - x[..., :, 2:]  # left - right, (B, 3, H + 2, W)
         dy = x[..., :-2, :] - x[..., 2:, :]  # up - down, (B, 3, H, W + 2)
-        gx = dx[..., :-2, :] + 2 * dx[..., 1:-1, :] + dx[..., 2:, :]
-        gy = dy[..., :, :-2] + 2 * dy[..., :, 1:-1] + dy[..., :, 2:]
+        gx = torch.add(dx[..., :-2, :], dx[..., 1:-1, :], alpha=2).add_(dx[..., 2:, :])
+        gy = torch.add(dy[..., :, :-2], dy[..., :, 1:-1], alpha=2).add_(dy[..., :, 2:])
         if self.gradient_bias is not None:
-            gx, gy = gx + self.gradient_bias[0], gy + self.gradient_bias[1]
+            gx.add_(self.gradient_bias[0])
+            gy.add_(self.gradient_bias[1])
         return gx, gy
 
     def magnitude_and_bins(self, imgs: torch.Tensor):
         """(B, 3, H, W) -> gradient magnitude (fp32) and orientation bin (int64), (B, 3, H, W)."""
         gx, gy = self.gradients(imgs)
-        magnitude = torch.hypot(gx, gy)
-        bins = torch.floor(torch.atan2(gx, gy) / math.pi * self.nbins).long() % self.nbins
-        return magnitude, bins
+        return torch.hypot(gx, gy), self._bins(gx, gy).long()
+
+    def _bins(self, gx: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
+        """floor(atan2(gx, gy) / pi * nbins) mod nbins, in fp32 (small integers, exact): the
+        same float operations in the same order as the plain expression, in place."""
+        angle = torch.atan2(gx, gy)
+        return angle.div_(math.pi).mul_(self.nbins).floor_().remainder_(self.nbins)
+
+    def _cell_offsets(self, height: int, width: int, device) -> torch.Tensor:
+        """(H, W) int64: nbins x the raster index of each pixel's cell (cached per size)."""
+        key = (height, width, str(device))
+        if key not in self._offsets:
+            rows = torch.arange(height, device=device) // self.cell
+            cols = torch.arange(width, device=device) // self.cell
+            self._offsets[key] = (rows[:, None] * (width // self.cell) + cols[None, :]) * self.nbins
+        return self._offsets[key]
 
     @torch.no_grad()
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         self._check(imgs)
-        magnitude, bins = self.magnitude_and_bins(imgs)
+        gx, gy = self.gradients(imgs)
+        magnitude = torch.hypot(gx, gy)
         b, c, height, width = magnitude.shape
-        h, w = height // self.cell, width // self.cell
-        # average pooling of the per-pixel one-hot histograms, as one scatter into the cells
-        rows = torch.arange(height, device=bins.device) // self.cell
-        cols = torch.arange(width, device=bins.device) // self.cell
-        index = bins * (h * w) + (rows[:, None] * w + cols[None, :])
-        hist = magnitude.new_zeros(b, c, self.nbins * h * w)
-        hist.scatter_add_(2, index.flatten(2), magnitude.flatten(2) / self.cell**2)
-        hist = F.normalize(hist.view(b, c, self.nbins, h, w), p=2, dim=2)
-        return hist.permute(0, 3, 4, 1, 2).reshape(b, h * w, c * self.nbins)
+        cells = (height // self.cell) * (width // self.cell)
+        # average pooling of the per-pixel one-hot histograms: one scatter into (cell, bin)
+        # slots, laid out cell-major so that the result needs no permutation of the pixels
+        index = self._bins(gx, gy).long().add_(self._cell_offsets(height, width, imgs.device))
+        hist = magnitude.new_zeros(b, c, cells * self.nbins)
+        hist.scatter_add_(2, index.view(b, c, -1), magnitude.view(b, c, -1).div_(self.cell**2))
+        hist = F.normalize(hist.view(b, c, cells, self.nbins), p=2, dim=3)
+        return hist.transpose(1, 2).reshape(b, cells, c * self.nbins)
 
     def _check(self, imgs: torch.Tensor) -> None:
         if imgs.dim() != 4 or imgs.shape[1] != 3:
