@@ -131,6 +131,7 @@ class DenseMaskTokenTwins(torch.nn.Module):
             torch.zeros(1, 1, greenmim.backbone.embed_dims[0]).normal_(std=0.02))
 
     def loss(self, img, data_samples=None):
+        from greenmim_mm.models.algorithms.greenmim import masked_cell_loss
         from greenmim_mm.ops import upsample_mask
         m, bb = self.inner, self.inner.backbone
         mask = m.next_mask(img.shape[-2:])
@@ -149,7 +150,7 @@ class DenseMaskTokenTwins(torch.nn.Module):
             if i < bb.num_stage - 1:
                 x = x.reshape(x.shape[0], *hw, -1).permute(0, 3, 1, 2)
         latent = x[:, ~mask.reshape(-1).to(x.device)]
-        return dict(loss=m.head.loss(m.neck(latent, mask), img, mask))
+        return dict(loss=masked_cell_loss(m.neck, m.head, latent, img, mask))
 
 
 def make_batch(kind, ratio, args, gen):

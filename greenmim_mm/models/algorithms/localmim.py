@@ -13,7 +13,7 @@ import torch.nn as nn
 from greenmim_mm.ops.masking import unit_grid, upsample_mask
 from greenmim_mm.registry import MODELS
 
-from .greenmim import GreenMIM, _build, _single_view, draw_unit_mask
+from .greenmim import GreenMIM, _build, _single_view, draw_unit_mask, masked_cell_loss
 
 
 def out_strides(backbone: nn.Module) -> List[int]:
@@ -129,9 +129,15 @@ class LocalMIM(GreenMIM):
         (mmengine sums every 'loss*' entry)."""
         img = _single_view(inputs)
         mask = self.step_mask(img)
-        preds = self.forward_masked(img, mask)
-        return {f'loss_{k}': w * head.loss(pred, img, cells) for k, (w, head, pred, cells) in
-                enumerate(zip(self.loss_weights, self.head, preds, self.head_masks(mask)))}
+        return {f'loss_{k}': w * loss for k, (w, loss) in
+                enumerate(zip(self.loss_weights, self.head_losses(img, mask)))}
+
+    def head_losses(self, img: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
+        """Every head's unweighted loss; each decoder predicts the masked cells of its grid
+        only (``masked_cell_loss``): the same losses as predicting every cell (tested)."""
+        feats = self.backbone(img, mask=mask)
+        return [masked_cell_loss(neck, head, feat, img, cells) for neck, head, feat, cells in
+                zip(self.neck, self.head, feats, self.head_masks(mask))]
 
     def reconstruct(self, *args, **kwargs):
         """GreenMIM's single-image reconstruction has no LocalMIM counterpart (several heads,

@@ -85,3 +85,9 @@ class LocalMIMViT(LocalMIM):
         """img (B, C, H, W), mask (B, h, w) -> per head (B, L_k, D_k) predictions."""
         feats = self.backbone(img, mask=mask.flatten(1))
         return [neck(feat, mask) for neck, feat in zip(self.neck, feats)]
+
+    def head_losses(self, img: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
+        """Every head's unweighted loss from predictions of every cell (per-sample masks and the
+        coarse head's fractional weights: no batch-shared set of cells to restrict to)."""
+        return [head.loss(pred, img, weight) for head, pred, weight in
+                zip(self.head, self.forward_masked(img, mask), self.head_masks(mask))]

@@ -49,17 +49,24 @@ class CellReconstructionHead(BaseModule):
         """(B, C, H, W) normalised images -> (B, L, D) fp32 targets."""
         return self.target_generator(imgs)
 
-    def loss(self, pred: torch.Tensor, imgs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def loss(self, pred: torch.Tensor, imgs: torch.Tensor, mask: torch.Tensor,
+             cells: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Scalar loss.
 
         pred (B, L, D); imgs (B, C, H, W); mask: weights of the L cells, True/1 = masked: (H', W')
         or (L,) shared by the batch, or (B, H', W') / (B, L) per sample (bool or float).
-        ValueError when the shapes do not match the target.
+        With ``cells`` ((M,) int64 raster indices on pred's device), ``pred`` (B, M, D) holds
+        the predictions at those cells only and the target and weights are taken there: the same
+        loss as the full grid's whenever every other cell has weight 0 (e.g. ``cells`` = the
+        masked cells, ``masked_cell_index``). ValueError when the shapes do not match the target.
         """
         target = self.construct_target(imgs)
-        if pred.shape != target.shape:
-            raise ValueError(f'prediction {tuple(pred.shape)} does not match the target '
-                             f'{tuple(target.shape)} (cell {self.cell})')
         weight = mask.to(device=pred.device, dtype=torch.float32).reshape(-1, target.shape[1])
         weight = weight.expand(target.shape[0], -1)
+        if cells is not None:
+            target, weight = target.index_select(1, cells), weight.index_select(1, cells)
+        if pred.shape != target.shape:
+            raise ValueError(f'prediction {tuple(pred.shape)} does not match the target '
+                             f'{tuple(target.shape)} (cell {self.cell}'
+                             f'{"" if cells is None else f", {cells.numel()} cells"})')
         return self.loss_module(pred.float(), target, weight)

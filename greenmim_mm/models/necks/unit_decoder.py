@@ -48,8 +48,10 @@ class LinearUnitDecoder(GridPlacement):
     learn at most a per-position average image. Use it as an ablation / lower bound; the
     ``MAEUnitDecoder`` is the GreenMIM decoder.
 
-    forward(latent (B, N_vis, in_channels), mask (Hu, Wu) bool) -> (B, Hu*Wu, unit²·in_chans).
+    forward(latent (B, N_vis, in_channels), mask (Hu, Wu) bool, cells=None)
+        -> (B, Hu*Wu, unit²·in_chans), or (B, M, unit²·in_chans) at ``cells`` ((M,) int64).
     """
+    predicts_cells = True
 
     def __init__(self, in_channels: int, unit: int = 32, in_chans: int = 3,
                  init_cfg: Optional[dict] = None):
@@ -57,6 +59,9 @@ class LinearUnitDecoder(GridPlacement):
         self.unit = int(unit)
         self.decoder_pred = nn.Linear(in_channels, self.unit**2 * in_chans, bias=True)
 
-    def forward(self, latent: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """latent (B, N_vis, C_in), mask (Hu, Wu) -> predictions (B, Hu*Wu, unit²·in_chans)."""
-        return self.decoder_pred(self.place(latent, mask))
+    def forward(self, latent: torch.Tensor, mask: torch.Tensor,
+                cells: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """latent (B, N_vis, C_in), mask (Hu, Wu) -> predictions (B, Hu*Wu, unit²·in_chans)
+        (or at ``cells`` only)."""
+        x = self.place(latent, mask)
+        return self.decoder_pred(x if cells is None else x.index_select(1, cells))
