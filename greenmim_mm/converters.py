@@ -18,7 +18,7 @@ Sources (``SOURCES``):
   heads, target generators dropped.
 * ``localmim-official-swin``: official LocalMIM Swin (LocalMIM's official code): Microsoft keys under
   ``encoder.``, per-head norms ``encoder.norm.{k}``, ``decoder.*`` and ``hog_enc.*`` dropped; its
-  sparse PatchMerging concatenates the 2x2 neighbours row-first (section 6.3), reordered as
+  sparse PatchMerging concatenates the 2x2 neighbours row-first (official LocalMIM code), reordered as
   ``official-g1``.
 * ``localmim-official-vit``: official LocalMIM ViT (timm/MAE keys) -> mmpretrain
   ``VisionTransformer`` (``backbone.layers.{i}...``); per-head norms, decoders, HOG dropped.
@@ -32,7 +32,9 @@ Twins-SVT sources (output in mmpretrain's ``SVT`` / our ``GreenTwinsSVT`` layout
 * ``official-twins``: official GreenMIM Twins-L pre-training checkpoints (``checkpoint['model']``,
   ``encoder.`` keys in the same original Twins layout). Their PEG has no residual (official
   GreenMIM code, modeling/green_twins_models.py); it is folded in exactly by subtracting 1 from
-  the centre tap of every PEG depthwise kernel.
+  the centre tap of every PEG depthwise kernel. Its stage patch embeddings 1-3 and GSA ``sr``
+  convolutions are spconv ``SparseConv2d``: their (out, kh, kw, in) weights (spconv >= 2.2) are
+  permuted to torch's (out, in, kh, kw).
 * ``greenmim_mm`` also accepts our Twins pre-training checkpoints (kept as they are; the window
   options apply to Swin only).
 
@@ -484,6 +486,35 @@ def fold_peg_residual(sd: dict) -> List[str]:
     return folded
 
 
+SPCONV_KEYS = r'(patch_embeds\.[1-9]\d*\.projection|stages\.\d+\.\d+\.attn\.sr)\.weight$'
+
+
+def spconv_weights_to_torch(sd: dict) -> List[str]:
+    """Official GreenMIM Twins runs its stage patch embeddings (``patch_embeds.1-3``) and GSA
+    key/value sub-sampling (``attn.sr``) as spconv ``SparseConv2d``, whose weights spconv >= 2.2
+    stores as (out, kh, kw, in) ("KRSC"); permute those to torch's (out, in, kh, kw) in place.
+    Weights already in torch's layout (a re-saved checkpoint) are kept. Returns the permuted
+    keys. ConversionError for any other layout (spconv < 2.2 kept the kernel dimensions first,
+    (kh, kw, ., .), ambiguous for the square GSA kernels) or an ambiguous shape."""
+    permuted = []
+    for key in sorted(k for k in sd if re.match(SPCONV_KEYS, k)):
+        w = sd[key]
+        krsc = w.dim() == 4 and w.shape[1] == w.shape[2]
+        torch_layout = w.dim() == 4 and w.shape[2] == w.shape[3]
+        bias = sd.get(key[:-len('weight')] + 'bias')
+        out_ok = bias is None or w.shape[0] == bias.shape[0]
+        if krsc == torch_layout or not out_ok:
+            raise ConversionError(
+                f'{key}: cannot tell the sparse-convolution weight layout of shape '
+                f'{tuple(w.shape)}; expected spconv >= 2.2 (out, kh, kw, in) or torch '
+                f'(out, in, kh, kw) (spconv < 2.2 checkpoints: load them with spconv >= 2.2 and '
+                f'save again)')
+        if krsc:
+            sd[key] = w.permute(0, 3, 1, 2).contiguous()
+            permuted.append(key)
+    return permuted
+
+
 def convert_twins(ckpt: dict, src: str) -> Tuple[dict, List[str]]:
     """``timm-twins`` / ``official-twins`` checkpoint -> (mmpretrain SVT state dict, notes)."""
     sd, where = _unwrap(ckpt)
@@ -495,6 +526,10 @@ def convert_twins(ckpt: dict, src: str) -> Tuple[dict, List[str]]:
     sd, more = rename_twins(sd, src)
     notes = [f'dropped: {summarize_dropped(dropped + more)}'] if dropped + more else []
     if src == 'official-twins':
+        permuted = spconv_weights_to_torch(sd)
+        if permuted:
+            notes.append(f'{len(permuted)} spconv weights (out, kh, kw, in) -> torch '
+                         f'(out, in, kh, kw)')
         folded = fold_peg_residual(sd)
         notes.append(f'PEG residual folded into {len(folded)} kernels (centre tap - 1)')
     else:

@@ -88,14 +88,35 @@ class OfficialPEG(torch.nn.Module):
         return self.proj(x.transpose(1, 2).view(b, c, *size)).flatten(2).transpose(1, 2)
 
 
-def test_official_twins_folds_the_missing_peg_residual():
+SPCONV_KEY = r'(patch_embeds\.[123]\.proj|blocks\.\d+\.\d+\.attn\.sr)\.weight$'
+
+
+def official_state_dict(model, layout='spconv'):
+    """The official checkpoint's encoder weights: its stage patch embeddings 1-3 and GSA ``sr``
+    convs are spconv ``SparseConv2d``, stored (out, kh, kw, in) by spconv >= 2.2 ('spconv');
+    'torch': as torch stores them (a re-saved file); 'kernel-first': spconv < 2.2's
+    (kh, kw, out, in)."""
+    import re
+    sd = {}
+    for k, v in model.state_dict().items():
+        if re.match(SPCONV_KEY, k) and layout != 'torch':
+            v = v.permute(0, 2, 3, 1) if layout == 'spconv' else v.permute(2, 3, 0, 1)
+        sd[k] = v.contiguous()
+    return sd
+
+
+@pytest.mark.parametrize('layout', ['spconv', 'torch'])
+def test_official_twins_folds_the_missing_peg_residual(layout):
     official = timm_twins()
     for i, peg in enumerate(official.pos_block):
         official.pos_block[i] = OfficialPEG(peg.proj[0])
-    ckpt = {'model': {**{f'encoder.{k}': v for k, v in official.state_dict().items()},
+    encoder = official_state_dict(official, layout)
+    ckpt = {'model': {**{f'encoder.{k}': v for k, v in encoder.items()},
                       'mask_token': torch.zeros(1, 1, 8), 'decoder_pred.weight': torch.zeros(2, 8)}}
     sd, notes = convert_checkpoint(ckpt, 'official-twins')
     assert any('folded into 4 kernels' in n for n in notes)
+    # 3 patch embeddings + the GSA blocks of stages 0-2 (sr 8/4/2; stage 3 has sr 1, no conv)
+    assert any('6 spconv weights' in n for n in notes) == (layout == 'spconv')
     assert any('decoder_pred' in n and 'mask_token' in n for n in notes)
     ours = ours_for_timm(sd)
     x = torch.randn(2, 3, 224, 224)
@@ -105,6 +126,14 @@ def test_official_twins_folds_the_missing_peg_residual():
         unfolded = timm_twins().forward_features(x)  # same weights, with Twins' residual
     assert (out - ref).abs().max().item() <= 1e-5
     assert (unfolded - ref).abs().max().item() > 1e-2  # the residual really matters
+
+
+def test_official_twins_refuses_kernel_first_spconv_weights():
+    encoder = official_state_dict(timm_twins(), 'kernel-first')
+    with pytest.raises(ConversionError, match=r'patch_embeds\.1\.projection\.weight: cannot tell '
+                       r'the sparse-convolution weight layout of shape \(2, 2, 32, 16\)'):
+        convert_checkpoint({'model': {f'encoder.{k}': v for k, v in encoder.items()}},
+                           'official-twins')
 
 
 def test_twins_converter_errors():
