@@ -1,4 +1,4 @@
-"""Tests for greenmim_mm.ops.grouping (optimal window grouping, §3)."""
+"""Tests for greenmim_mm.ops.grouping (optimal window grouping)."""
 
 import numpy as np
 import pytest
@@ -46,7 +46,7 @@ def brute_force_optimum(counts, channels):
 
 
 def textbook_knapsack(weights, capacity):
-    """0/1 knapsack (value = weight), full 2-D table, back-tracking (§3.2)."""
+    """0/1 knapsack (value = weight), full 2-D table, back-tracking."""
     n = len(weights)
     table = [[0] * (capacity + 1) for _ in range(n + 1)]
     for i in range(1, n + 1):

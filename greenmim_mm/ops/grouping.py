@@ -1,4 +1,5 @@
-"""Optimal grouping of Swin windows for Group Window Attention (GreenMIM §3).
+"""Optimal grouping of Swin windows for Group Window Attention (GreenMIM, Huang et al.,
+NeurIPS 2022: group window attention, optimal grouping by dynamic programming).
 
 The windows of a Swin stage hold unequal numbers of visible tokens (their
 *counts*). Group Window Attention packs the windows into ``n_groups`` groups
@@ -477,7 +478,7 @@ def window_counts(mask_units: np.ndarray, tokens_per_unit: int, window: int,
     ``mask_units`` (Hu, Wu) is True where a 32 px unit is masked; the stage
     grid has (Hu*t, Wu*t) tokens (t = ``tokens_per_unit``) and a token is
     visible iff its unit is not masked. Windows come from absolute
-    coordinates (GreenMIM §2.5): with o = (window - shift) % window, token
+    coordinates (as GreenMIM): with o = (window - shift) % window, token
     (r, c) lies in window ((r+o)//window, (c+o)//window), so shifted windows
     split at c ≡ shift (mod window) and the border windows are partial.
     """

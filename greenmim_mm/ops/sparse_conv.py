@@ -1,4 +1,4 @@
-"""Sparse (submanifold) depthwise convolution on visible tokens (GreenMIM §4, Twins' PEG).
+"""Sparse (submanifold) depthwise convolution on visible tokens (GreenMIM's sparse convolution for Twins' PEG; Huang et al., NeurIPS 2022).
 
 Output only at the visible positions; invisible (masked) neighbours and positions outside the
 grid count as zero, i.e. the result equals ``F.conv2d(groups=C, padding=k//2)`` on the
@@ -10,8 +10,8 @@ autograd:
 * ``'gather'``: for each of the k² taps, gather the neighbour token (a precomputed (N, k²)
   index, N = a zero row) and accumulate ``weight[:, tap] * neighbour``. Cost O(N·C·k²).
 
-Which one is faster depends on the device and the visible fraction; ``tools/benchmark.py
---sparse-conv`` measures both (README, Twins section). :data:`DEFAULT_MODE` is the measured
+Which one is faster depends on the device and the visible fraction; 
+``tools/benchmark_sparse_conv.py`` measures both (README, Twins section). :data:`DEFAULT_MODE` is the measured
 faster one on CPU in total at every mask ratio measured (0, 0.5, 0.75; about equal at 0.75):
 'dense' (one vectorised depthwise kernel; the gather's backward is an index_add per tap).
 """

@@ -6,7 +6,7 @@ with shift 0). Everything here runs once per forward pass on the CPU (numpy) fro
 batch-shared mask, and is moved to the compute device in one transfer: no host-device
 synchronisation happens per block.
 
-Window partition (GreenMIM §2.5): for window ``w`` and shift ``s`` a token at (r, c) lies in window
+Window partition (GreenMIM's windows from absolute coordinates): for window ``w`` and shift ``s`` a token at (r, c) lies in window
 ``((r + o) // w, (c + o) // w)`` with ``o = (w - s) % w``. Shifted windows therefore start at
 rows/columns ``≡ s (mod w)``; the first and last windows are partial. This is exactly the partition
 of Swin's cyclic shift plus its region mask, without any roll.
