@@ -1,23 +1,30 @@
-"""Pictures of every LocalMIM head's prediction next to its target (pixels, or HOG glyphs).
+"""Pictures of every LocalMIM head's prediction next to its target (pixels, or HOG glyphs), and
+the ``tools/visualize_localmim.py`` command:
+
+``python tools/visualize_localmim.py CONFIG CHECKPOINT --out heads.png [--num 4]``
+
+Columns: images (the config's training images, evenly spaced, resized and centre-cropped, as
+tools/visualize_reconstruction.py). Rows: original, masked input (masked units grey), then per
+head its prediction and its target (pixels, or HOG orientation glyphs). One mask from ``--seed``.
 
 Pixel heads: predictions de-standardised with the original cells' mean/std when the target is
 norm-pix (as MAE's demo), then shown as images. HOG heads: each cell's histogram drawn as
 orientation glyphs by mmpretrain's ``HOGGenerator.generate_hog_image`` (line length and
 brightness follow the bin value, averaged over the colour channels).
 """
+import argparse
 from typing import List, Tuple
 
 import numpy as np
 import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from PIL import Image
 
 from greenmim_mm.models.target_generators import LocalMIMHOGGenerator, PixelTargetGenerator
 from greenmim_mm.models.utils import denormalize_units, patchify, unpatchify
-
-
-def to_uint8(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> np.ndarray:
-    """Normalised (N, 3, H, W) -> (N, H, W, 3) uint8 in the preprocessor's colour order."""
-    x = x.float().cpu() * std.view(-1, 1, 1).cpu() + mean.view(-1, 1, 1).cpu()
-    return x.clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()
+from greenmim_mm.visualization import (GREY, add_arguments, build_model, compose_grid, load_batch,
+                                       to_uint8)
 
 
 def hog_glyphs(gen: LocalMIMHOGGenerator, cells: torch.Tensor, img_hw) -> np.ndarray:
@@ -72,3 +79,32 @@ def pixel_mask(mask: torch.Tensor, img_shape) -> np.ndarray:
     fy, fx = height // m.shape[-2], width // m.shape[-1]
     m = m.repeat_interleave(fy, 1).repeat_interleave(fx, 2)
     return m.numpy()[..., None]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Visualise LocalMIM head predictions')
+    return add_arguments(parser, 'LocalMIM', 'localmim_heads.png', 4).parse_args(argv)
+
+
+@torch.no_grad()
+def visualize(cfg: Config, checkpoint: str, num: int = 4, data_root=None, seed: int = 0,
+              device: str = 'cpu') -> Image.Image:
+    """The picture grid (a PIL image) of ``num`` training images for a LocalMIM checkpoint."""
+    init_default_scope(cfg.get('default_scope', 'greenmim_mm'))
+    model = build_model(cfg, checkpoint, device)
+    img_size = int(cfg.model.backbone.get('img_size', 224))
+    data = model.data_preprocessor(load_batch(cfg, num, img_size, data_root), False)
+    imgs = data['inputs'][0] if isinstance(data['inputs'], list) else data['inputs']
+    panels, hidden = head_pictures(model, imgs, seed=seed)
+    original = to_uint8(imgs, model.data_preprocessor.mean, model.data_preprocessor.std)
+    rows = [original, np.where(hidden, np.uint8(GREY), original)]
+    rows += [picture for pair in panels for picture in pair]
+    return compose_grid(rows)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    picture = visualize(Config.fromfile(args.config), args.checkpoint, args.num, args.data_root,
+                        args.seed, args.device)
+    picture.save(args.out)
+    print(f'{args.out}: {picture.size[0]}x{picture.size[1]} px')

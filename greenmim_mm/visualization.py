@@ -97,8 +97,9 @@ def load_batch(cfg: Config, num: int, img_size: int, data_root=None) -> dict:
 
 
 def to_uint8(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> np.ndarray:
-    """Normalised (N, 3, H, W) -> (N, H, W, 3) uint8 (the preprocessor's colour order, RGB)."""
-    x = x.float().cpu() * std.cpu() + mean.cpu()
+    """Normalised (N, 3, H, W) -> (N, H, W, 3) uint8 (the preprocessor's colour order, RGB);
+    ``mean`` / ``std`` of shape (3,) or (3, 1, 1)."""
+    x = x.float().cpu() * std.reshape(-1, 1, 1).cpu() + mean.reshape(-1, 1, 1).cpu()
     return x.clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()
 
 

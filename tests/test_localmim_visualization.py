@@ -1,6 +1,5 @@
 """Pictures of LocalMIM heads: pixel pictures invert the target, HOG glyphs, the tool's grid."""
 import os.path as osp
-import sys
 
 import numpy as np
 import torch
@@ -35,8 +34,7 @@ def test_hog_glyphs_draw_only_where_there_are_gradients():
 
 def test_tool_draws_every_head(demo_data_factory, tmp_path):
     data = demo_data_factory('lm_vis', train_per_class=1, val_per_class=1)
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    import visualize_localmim as vis
+    from greenmim_mm import localmim_visualization as vis
     cfg = Config.fromfile(DEMO_CFG)
     cfg.model.backbone.arch = dict(embed_dims=32, depths=[1, 1, 1, 1], num_heads=[2, 4, 4, 8])
     cfg.model.backbone.attn_backend = 'sdpa'

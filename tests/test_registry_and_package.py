@@ -128,9 +128,11 @@ def test_own_registry_builds_nested_parts_in_its_scope_whatever_the_default_scop
 
 
 # Command-line entry points; library code lives in the package (launch, visualization,
-# datasets.demo_data). The benchmarks are their own tools and not listed here.
+# datasets.demo_data). The other benchmarks are their own tools (tools/benchmark*.py import their
+# sibling tools/benchmark.py) and not listed here.
 ENTRY_POINTS = ('train.py', 'test.py', 'demo.py', 'make_demo_data.py',
-                'visualize_reconstruction.py', 'convert_checkpoint.py')
+                'visualize_reconstruction.py', 'visualize_localmim.py', 'convert_checkpoint.py',
+                'benchmark_grouping.py')
 
 
 @pytest.mark.parametrize('name', ENTRY_POINTS)

@@ -17,14 +17,12 @@ Usage: python tools/benchmark_grouping.py [--masks 200] [--seed 0]
 """
 import argparse
 import importlib.util
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
 try:
     from greenmim_mm.ops import grouping
