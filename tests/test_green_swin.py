@@ -226,6 +226,9 @@ def test_clear_errors():
         GreenSwinTransformer(arch=TINY, attn_backend='cuda-magic')
     with pytest.raises(ValueError, match='grouping'):
         GreenSwinTransformer(arch=TINY, grouping='best')
+    for mask in (None, torch.zeros(7, 7, dtype=torch.bool)):  # used to be a bare IndexError
+        with pytest.raises(ValueError, match=r'takes \(B, C, H, W\) images; got \(3, 224, 224\)'):
+            model(torch.randn(3, 224, 224), mask=mask)
 
 
 def test_mmdet_swin_loads_our_weights_and_agrees_at_detection_sizes():

@@ -9,6 +9,8 @@ visible positions. exp(-1e9) is exactly 0 in fp32 and fp64, so excluded keys con
 
 Tolerances: fp32 1e-5 (a few ulps of O(1) activations through 8 layers), fp64 1e-10.
 """
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -280,12 +282,37 @@ def test_clear_errors():
                                          '32-px mask unit'):
         bad_sr(torch.randn(1, 3, 224, 224), mask=torch.zeros(7, 7, dtype=torch.bool))
     bad_sr(torch.randn(1, 3, 224, 224))  # its dense path still works
+    assert 'sr_ratio 4' in bad_sr.sparse_unsupported and model.sparse_unsupported is None
+    for shape in [(3, 224, 224), (1, 1, 3, 224, 224)]:  # used to be a bare IndexError
+        for mask in (None, torch.zeros(7, 7, dtype=torch.bool)):
+            with pytest.raises(ValueError, match=r'GreenTwinsSVT takes \(B, C, H, W\) images; got '
+                                                 + re.escape(str(shape))):
+                model(torch.randn(*shape), mask=mask)
     with pytest.raises(ValueError, match='attn_backend'):
         GreenTwinsSVT(arch=TINY, attn_backend='cuda-magic')
     with pytest.raises(ValueError, match='grouping'):
         GreenTwinsSVT(arch=TINY, grouping='best')
     with pytest.raises(ValueError, match='sparse_conv'):
         GreenTwinsSVT(arch=TINY, sparse_conv='spconv')
+
+
+def test_pretraining_refuses_a_backbone_without_sparse_path_at_build():
+    """A Twins arch whose sr x stride is not the mask unit used to build and fail at the first
+    loss; now GreenMIM and LocalMIM refuse it when built, with the backbone's reason."""
+    from greenmim_mm.registry import MODELS
+    backbone = dict(type='GreenTwinsSVT', arch=dict(TINY, sr_ratios=[4, 4, 2, 1]))
+    with pytest.raises(ValueError, match='sparse path of GreenTwinsSVT.*sr_ratio 4 x stage stride'):
+        MODELS.build(dict(type='GreenMIM', backbone=backbone,
+                          neck=dict(type='MAEUnitDecoder', in_channels=64, embed_dims=32,
+                                    num_heads=2),
+                          head=dict(type='UnitReconstructionHead')))
+    with pytest.raises(ValueError, match='sparse path of GreenTwinsSVT'):
+        MODELS.build(dict(
+            type='LocalMIM', backbone=dict(backbone, out_indices=(3, )),
+            necks=[dict(type='MAEGridDecoder', in_channels=64, pred_dims=27, embed_dims=32,
+                        num_heads=2)],
+            heads=[dict(type='CellReconstructionHead',
+                        target_generator=dict(type='LocalMIMHOGGenerator', cell=32))]))
 
 
 # ---------------------------------------------------------------------------- downstream use

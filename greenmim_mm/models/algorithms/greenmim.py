@@ -151,10 +151,15 @@ def masked_cell_loss(neck: torch.nn.Module, head: torch.nn.Module, latent: torch
 
 def check_greenmim_backbone(backbone: torch.nn.Module, neck: torch.nn.Module,
                             mask_ratio: float) -> None:
-    """Build-time checks (ValueError): a single decoder (not a list, as LocalMIM's) reads only the
+    """Build-time checks (ValueError): the backbone has a sparse path (``sparse_unsupported``);
+    a single decoder (not a list, as LocalMIM's) reads only the
     last stage, so ``out_indices`` must be (last stage,); on a sparse Swin-like backbone
     (``mask_unit``, ``patch_stride``, ``patch_resolution``), ``mask_ratio`` must mask at least one
     unit of the unit grid of its ``img_size``."""
+    reason = getattr(backbone, 'sparse_unsupported', None)
+    if reason:
+        raise ValueError(f'pre-training runs the sparse path of {type(backbone).__name__}, which '
+                         f'this configuration does not have: {reason}')
     stages = getattr(backbone, 'stages', None)
     if stages is not None and not isinstance(neck, (torch.nn.ModuleList, list, tuple)):
         last = len(stages) - 1

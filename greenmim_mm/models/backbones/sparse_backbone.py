@@ -13,7 +13,11 @@ runs on the visible tokens of a batch-shared mask only:
   only the layouts the backbone's blocks need for the attention backend resolved on ``device``.
   Raises ValueError for an image not divisible by ``mask_unit``, a mask of the wrong shape or
   dtype, or a mask hiding every unit.
+* ``sparse_unsupported`` (str or None): why this configuration has no sparse path (e.g. a Twins
+  arch whose ``sr`` x stage stride is not the mask unit), None when it has one; the pre-training
+  algorithms refuse such a backbone at build time with this reason.
 * ``forward(x)``: the dense path, a tuple of (B, C_i, H_i, W_i) maps (the mmpretrain forward).
+  Both paths raise ValueError for an input that is not a 4-D (B, C, H, W) tensor.
 * ``forward(x, mask=mask)``: the sparse path, a tuple of (B, N_i, C_i): the visible tokens of
   out index i in raster order, at ``geometry[feature_info[i]['stage']].coords``.
 """
@@ -37,9 +41,17 @@ class SparseBackboneMixin:
         ``geometry`` (from ``sparse_geometry``, optional) avoids recomputing the plans when the
         caller already has them.
         """
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise ValueError(f'{type(self).__name__} takes (B, C, H, W) images; got '
+                             f'{tuple(getattr(x, "shape", ())) or type(x).__name__}')
         if mask is None:
             return super().forward(x)
         return self.forward_sparse(x, mask, geometry)
+
+    @property
+    def sparse_unsupported(self) -> Optional[str]:
+        """Why this configuration has no sparse path, or None (see the contract above)."""
+        return getattr(self, '_sparse_unsupported', None)
 
     def prepare_sparse(self, x: torch.Tensor, mask: torch.Tensor,
                        geometry: Optional[List[StageGeometry]]
