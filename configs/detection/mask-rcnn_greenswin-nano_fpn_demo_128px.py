@@ -21,6 +21,9 @@ max_epochs = 8
 pretrained = 'work_dirs/demo/backbone_converted.pth'
 
 model = dict(
+    # 32 x window 4: an image of any aspect ratio (e.g. 96 x 128 after the resize) pads to maps of
+    # whole windows (mmpretrain's Swin refuses maps smaller than the window without pad_small_map)
+    data_preprocessor=dict(pad_size_divisor=128),
     backbone=dict(
         _delete_=True,
         type='greenmim_mm.GreenSwinTransformer',

@@ -49,8 +49,8 @@ class MMBackbone(Backbone):
 
     Raises:
         ValueError: lengths differ, or ``size_divisibility`` is not a multiple of the largest
-            stride; in ``forward``, an input that is not 4-D or whose height or width is not a
-            multiple of the largest stride (the maps would not align in the FPN).
+            stride; in ``forward`` (``check_input``), an input that is not 4-D or whose height or
+            width is not a multiple of the largest stride (the maps would not align in the FPN).
     """
 
     out_norm_pattern = ''
@@ -74,8 +74,8 @@ class MMBackbone(Backbone):
     def size_divisibility(self) -> int:
         return self._size_divisibility
 
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """x (B, C, H, W), H, W multiples of the largest stride -> {name: (B, C_i, H/s_i, W/s_i)}"""
+    def check_input(self, x: torch.Tensor) -> None:
+        """ValueError unless x is (B, C, H, W) with H, W multiples of the largest stride."""
         if x.dim() != 4:
             raise ValueError(f'{type(self).__name__} takes (B, C, H, W) images; '
                              f'got {tuple(x.shape)}')
@@ -84,6 +84,10 @@ class MMBackbone(Backbone):
             raise ValueError(f'{type(self).__name__}: image size {tuple(x.shape[-2:])} is not a '
                              f'multiple of {stride}; pad it (detectron2 pads to size_divisibility '
                              f'= {self.size_divisibility})')
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """x (B, C, H, W), H, W multiples of the largest stride -> {name: (B, C_i, H/s_i, W/s_i)}"""
+        self.check_input(x)
         outs = self.body(x)
         if len(outs) != len(self._out_features):
             raise RuntimeError(f'{type(self.body).__name__} returned {len(outs)} maps for '

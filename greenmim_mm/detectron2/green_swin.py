@@ -57,6 +57,23 @@ class GreenSwinBackbone(MMBackbone):
         super().__init__(body, out_features, channels, strides,
                          size_divisibility or max(strides))
 
+    def check_input(self, x) -> None:
+        """Also ValueError when a stage's map is smaller than its window and ``pad_small_map``
+        is off (mmpretrain's Swin would stop with an assertion naming its Python argument)."""
+        super().check_input(x)
+        height, width = x.shape[-2:]
+        for i, stage in enumerate(self.body.stages):
+            attn = stage.blocks[0].attn
+            h, w = height // (self.body.patch_stride * 2**i), width // (self.body.patch_stride * 2**i)
+            if min(h, w) < attn.window_size and not attn.pad_small_map:
+                raise ValueError(
+                    f'{type(self).__name__}: a {height}x{width} (padded) image gives stage {i} a '
+                    f'{h}x{w} map, smaller than its window {attn.window_size}: set '
+                    f'MODEL.GREENSWIN.PAD_SMALL_MAP True (pad_small_map=True: pads such maps), or '
+                    f'MODEL.GREENSWIN.SIZE_DIVISIBILITY to a multiple of '
+                    f'{self.body.patch_stride * 2**(len(self.body.stages) - 1) * attn.window_size} '
+                    f'(every map a whole number of windows)')
+
     @classmethod
     def from_config(cls, cfg, input_shape: Optional[ShapeSpec] = None) -> dict:
         c = cfg.MODEL.GREENSWIN

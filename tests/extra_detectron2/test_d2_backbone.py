@@ -108,7 +108,7 @@ def test_twins_drop_path_from_cfg_and_no_frozen_stages_key():
 
 
 def test_size_divisibility_and_padding():
-    fpn = build_backbone(load_cfg(NANO_YAML))
+    fpn = build_backbone(load_cfg(NANO_YAML, 'MODEL.GREENSWIN.SIZE_DIVISIBILITY', 0))
     assert fpn.bottom_up.size_divisibility == 32 and fpn.size_divisibility == 32
     fitted = build_backbone(load_cfg(B_YAML, 'MODEL.GREENSWIN.SIZE_DIVISIBILITY', 224))
     assert fitted.bottom_up.size_divisibility == 224 and fitted.size_divisibility == 224
@@ -118,9 +118,34 @@ def test_size_divisibility_and_padding():
         MMBackbone(torch.nn.Identity(), ['res5'], [8], [32], size_divisibility=48)
     # detectron2 pads each image of a batch to the backbone's divisibility before the backbone
     from detectron2.modeling import build_model
-    model = build_model(load_cfg(NANO_YAML)).eval()
+    model = build_model(load_cfg(NANO_YAML, 'MODEL.GREENSWIN.SIZE_DIVISIBILITY', 0)).eval()
     images = model.preprocess_image([{'image': torch.zeros(3, 100, 70)}])
     assert tuple(images.tensor.shape[-2:]) == (128, 96)
+    # the demo config pads to 32 x window 4 = 128: every map a whole number of windows
+    demo = build_model(load_cfg(NANO_YAML)).eval()
+    assert demo.backbone.size_divisibility == 128
+    images = demo.preprocess_image([{'image': torch.zeros(3, 100, 70)}])
+    assert tuple(images.tensor.shape[-2:]) == (128, 128)
+
+
+def test_demo_predictor_takes_non_square_images():
+    """The reviewer's reproduction: a 480x640 image (resized to 96x128) used to stop inside
+    mmpretrain's Swin with an assertion naming its Python argument (stage 3: a 3x4 map, window 4).
+    The demo config now pads to 128; a config that still cannot run such an image says which
+    detectron2 keys to set."""
+    import numpy as np
+    from detectron2.engine import DefaultPredictor
+    image = np.zeros((480, 640, 3), np.uint8)
+    out = DefaultPredictor(load_cfg(NANO_YAML))(image)
+    assert out['instances'].image_size == (480, 640)
+    old = DefaultPredictor(load_cfg(NANO_YAML, 'MODEL.GREENSWIN.SIZE_DIVISIBILITY', 0))
+    with pytest.raises(ValueError, match=r'stage 3 a 3x4 map, smaller than its window 4: set '
+                                         r'MODEL.GREENSWIN.PAD_SMALL_MAP True.*'
+                                         r'SIZE_DIVISIBILITY to a multiple of 128'):
+        old(image)
+    padded = DefaultPredictor(load_cfg(NANO_YAML, 'MODEL.GREENSWIN.SIZE_DIVISIBILITY', 0,
+                                       'MODEL.GREENSWIN.PAD_SMALL_MAP', True))
+    assert padded(image)['instances'].image_size == (480, 640)
 
 
 def test_frozen_stages_and_drop_path_from_cfg():
