@@ -206,6 +206,30 @@ def test_parameter_gradients_match_reference(sparse_conv, grouping):
                if 'position_encodings' in n or '.sr.' in n or 'patch_embeds' in n)
 
 
+@pytest.mark.parametrize('size', [192, 224, 256])
+@pytest.mark.parametrize('dtype,tol', [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_parameter_gradients_match_reference_at_every_size_and_ratio(size, dtype, tol):
+    """The exactness contract with parameter gradients (default sparse_conv 'auto': the gather
+    at 0.75 / 0.9 / one unit, the dense form at 0 / 0.5). Bound relative to each parameter's
+    largest reference gradient (at least 1): fp32 gradients sum O(N) products."""
+    model = make_model(dtype)
+    x = torch.randn(2, 3, size, size, dtype=dtype)
+    for seed, ratio in enumerate(RATIOS):
+        mask = make_mask((size, size), ratio, seed)
+        weights, grads = None, []
+        for fn in (lambda: model(x, mask=mask), lambda: reference_sparse(model, x, mask)):
+            model.zero_grad()
+            outs = fn()
+            if weights is None:
+                weights = [torch.randn_like(o) for o in outs]
+            sum((o * w).sum() for o, w in zip(outs, weights)).backward()
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        sparse_g, ref_g = grads
+        worst = max(((sparse_g[n] - ref_g[n]).abs().max() / ref_g[n].abs().max().clamp(min=1))
+                    .item() for n in ref_g)
+        assert worst <= tol, (size, ratio, worst)
+
+
 def test_ratio_zero_equals_dense_path():
     model = make_model(torch.float64)
     x = torch.randn(1, 3, 224, 224, dtype=torch.float64)
@@ -240,10 +264,15 @@ def test_layouts_built_for_the_backend_only():
     if flex_available():
         plan = model.sparse_geometry(make_mask((224, 224), 0.75), (224, 224))[0].plans[7]
         assert plan.layout == 'packed' and plan.slots is None and plan.order is not None
-    for mode, built in (('dense', False), ('gather', True)):
+    for mode, built in (('dense', False), ('gather', True), ('auto', True)):
         geo = make_model(sparse_conv=mode).sparse_geometry(make_mask((224, 224), 0.75),
                                                           (224, 224))
         assert all((g.neighbours is not None) == built for g in geo)
+    # 'auto' (the default): the gather at ratio 0.75 (12 of 49 units visible), dense at 0.5 / 0
+    assert make_model().sparse_conv == 'auto'
+    for ratio, built in ((0.75, True), (0.5, False), (0.0, False)):
+        geo = make_model().sparse_geometry(make_mask((224, 224), ratio), (224, 224))
+        assert all((g.neighbours is not None) == built for g in geo), ratio
 
 
 @pytest.mark.skipif(not flex_available(), reason='FlexAttention not in this torch')

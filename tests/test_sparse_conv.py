@@ -104,6 +104,23 @@ def test_sparse_depthwise_conv_equals_conv_on_zero_filled_map(mode, dtype, tol, 
     assert max((a - b).abs().max().item() for a, b in zip(g_ours, g_ref)) <= tol * 10
 
 
+def test_auto_mode_picks_the_gather_at_small_visible_fractions():
+    from greenmim_mm.ops.sparse_conv import GATHER_MAX_VISIBLE, resolve_mode
+    assert resolve_mode('auto', 12, (7, 7)) == 'gather'  # ratio 0.75 at 224 px
+    assert resolve_mode('auto', 24, (7, 7)) == 'dense'   # ratio 0.5
+    assert resolve_mode('auto', int(GATHER_MAX_VISIBLE * 100), (10, 10)) == 'gather'
+    assert resolve_mode('auto', int(GATHER_MAX_VISIBLE * 100) + 1, (10, 10)) == 'dense'
+    assert resolve_mode('dense', 1, (7, 7)) == 'dense' and resolve_mode('gather', 49, (7, 7)) == 'gather'
+    # 'auto' through the op: with a neighbour index, the same result as the mode it resolves to
+    coords = torch.tensor([[0, 0], [1, 2]])
+    x = torch.randn(1, 2, 4, dtype=torch.float64)
+    weight = torch.randn(4, 1, 3, 3, dtype=torch.float64)
+    nbr = torch.from_numpy(neighbour_index(coords.numpy(), (4, 4), 3))
+    torch.testing.assert_close(sparse_depthwise_conv(x, coords, (4, 4), weight, None, nbr, 'auto'),
+                               sparse_depthwise_conv(x, coords, (4, 4), weight, None, nbr, 'gather'),
+                               rtol=0, atol=0)
+
+
 def test_sparse_conv_errors():
     coords = torch.zeros(1, 2, dtype=torch.long)
     x = torch.randn(1, 1, 4)

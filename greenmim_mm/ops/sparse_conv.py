@@ -10,10 +10,14 @@ autograd:
 * ``'gather'``: for each of the k² taps, gather the neighbour token (a precomputed (N, k²)
   index, N = a zero row) and accumulate ``weight[:, tap] * neighbour``. Cost O(N·C·k²).
 
-Which one is faster depends on the device and the visible fraction; 
-``tools/benchmark_sparse_conv.py`` measures both (README, Twins section). :data:`DEFAULT_MODE` is the measured
-faster one on CPU in total at every mask ratio measured (0, 0.5, 0.75; about equal at 0.75):
-'dense' (one vectorised depthwise kernel; the gather's backward is an index_add per tap).
+Which one is faster depends on the device and the visible fraction; ``tools/benchmark_sparse_conv.py``
+measures both (README, Twins section). The default ``'auto'`` picks per stage from the mask: the
+gather when at most :data:`GATHER_MAX_VISIBLE` of the grid is visible, else the dense form.
+Measured on this project's 2-core CPU (Twins-SVT-L PEGs, batch 8, 224 px, forward + backward,
+all stages; dense / gather): ratio 0.75 (24.5 % visible) 1.17x (1 thread) and 1.18x (2 threads),
+i.e. the gather is faster; ratio 0.5 0.54x / 0.66x and ratio 0 0.34x / 0.39x, the dense form is
+faster (its cost does not depend on the mask; the gather's grows with the visible tokens and its
+backward is an index_add per tap). The costs cross at about 28 % visible.
 """
 from typing import Optional, Sequence
 
@@ -22,8 +26,9 @@ import torch.nn.functional as F
 
 from .geometry import gather_tokens, scatter_tokens
 
-SPARSE_CONV_MODES = ('dense', 'gather')
-DEFAULT_MODE = 'dense'
+SPARSE_CONV_MODES = ('auto', 'dense', 'gather')
+DEFAULT_MODE = 'auto'
+GATHER_MAX_VISIBLE = 0.28  # 'auto': the gather at most at this visible fraction (measured above)
 
 
 def check_mode(mode: str) -> str:
@@ -31,6 +36,16 @@ def check_mode(mode: str) -> str:
     if mode not in SPARSE_CONV_MODES:
         raise ValueError(f'sparse_conv must be one of {SPARSE_CONV_MODES}; got {mode!r}')
     return mode
+
+
+def resolve_mode(mode: str, num_visible: int, grid_hw: Sequence[int]) -> str:
+    """The formulation ``mode`` stands for on a grid ``grid_hw`` with ``num_visible`` visible
+    positions: 'dense' or 'gather' ('auto': the gather when num_visible <= GATHER_MAX_VISIBLE x
+    H x W). ValueError for an unknown mode."""
+    check_mode(mode)
+    if mode != 'auto':
+        return mode
+    return 'gather' if num_visible <= GATHER_MAX_VISIBLE * grid_hw[0] * grid_hw[1] else 'dense'
 
 
 def sparse_depthwise_conv_dense(x: torch.Tensor, coords: torch.Tensor, hw: Sequence[int],
@@ -69,10 +84,10 @@ def sparse_depthwise_conv(x: torch.Tensor, coords: torch.Tensor, hw: Sequence[in
         x: (B, N, C) visible tokens in raster order of ``coords`` (N, 2) on a grid ``hw``.
         weight: (C, 1, k, k) depthwise kernel (odd k); bias: (C,) or None.
         neighbours: (N, k²) from ``geometry.neighbour_index`` (needed by ``mode='gather'``).
-        mode: 'gather' or 'dense' (module docstring).
+        mode: 'gather', 'dense' or 'auto' (module docstring; 'auto' resolved from N and hw).
     Returns (B, N, C). Raises ValueError for a non-depthwise weight or a missing neighbour index.
     """
-    check_mode(mode)
+    mode = resolve_mode(mode, x.shape[1], hw)
     c = x.shape[-1]
     if weight.shape[0] != c or weight.shape[1] != 1 or weight.shape[-1] % 2 == 0:
         raise ValueError(f'expected a depthwise ({c}, 1, k, k) kernel with odd k; '

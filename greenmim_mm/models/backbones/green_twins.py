@@ -17,7 +17,7 @@ from greenmim_mm.ops import (BACKENDS, DEFAULT_SPARSE_CONV, GROUPING_POLICIES, S
                              layout_for_backend, neighbour_index, sparse_depthwise_conv,
                              visible_coords, window_attention)
 from greenmim_mm.ops.geometry import flat_index
-from greenmim_mm.ops.sparse_conv import check_mode
+from greenmim_mm.ops.sparse_conv import check_mode, resolve_mode
 from greenmim_mm.registry import MODELS
 from .sparse_backbone import SparseBackboneMixin
 
@@ -100,9 +100,10 @@ class GreenTwinsSVT(SparseBackboneMixin, SVT):
         attn_backend (str): LSA backend: 'auto' (FlexAttention on CUDA when available, else
             SDPA), 'sdpa' (padded groups) or 'flex' (packed, no grouping).
         grouping (str): 'optimal', 'window' or 'single' (as ``GreenSwinTransformer``).
-        sparse_conv (str): PEG formulation, 'dense' (scatter -> dense depthwise conv -> gather;
-            the default, measured faster on CPU) or 'gather' (neighbour gather); see
-            ``greenmim_mm.ops.sparse_conv``.
+        sparse_conv (str): PEG formulation: 'auto' (the default: per stage, the neighbour
+            gather when at most 28 % of the grid is visible, e.g. ratio 0.75, else the dense
+            form; both measured, see ``greenmim_mm.ops.sparse_conv``), 'dense' (scatter -> dense
+            depthwise conv -> gather) or 'gather' (neighbour gather).
 
     Raises ValueError (sparse path) for image sides not divisible by 32, a wrong mask, or an arch
     whose ``sr`` × stage stride is not the mask unit or whose patch embeddings overlap.
@@ -185,7 +186,8 @@ class GreenTwinsSVT(SparseBackboneMixin, SVT):
                         device=None) -> List[StageGeometry]:
         """CPU geometry of every stage: visible coords, the LSA window plan (layout of the
         backend used on ``device``), the ``sr``×``sr`` GSA blocks, the 2×2 blocks of the next
-        stage's patch embedding and, for ``sparse_conv='gather'``, the 3×3 PEG neighbours."""
+        stage's patch embedding and, where the PEG runs as the gather (``sparse_conv``
+        'gather', or 'auto' at a small visible fraction), the 3×3 PEG neighbours."""
         if self._sparse_unsupported:
             raise ValueError(self._sparse_unsupported)
         tokens = self.stage0_token_mask(mask, img_hw)
@@ -202,7 +204,7 @@ class GreenTwinsSVT(SparseBackboneMixin, SVT):
             sr = int(self.sr_ratios[i])
             if sr > 1:
                 geo.children[sr] = t(child_index(coords, hw, sr)[1])
-            if self.sparse_conv == 'gather':
+            if resolve_mode(self.sparse_conv, len(coords), hw) == 'gather':
                 k = self.position_encodings[i].proj.kernel_size[0]
                 geo.neighbours = t(neighbour_index(coords, hw, k))
             if i < self.num_stage - 1:
@@ -317,6 +319,7 @@ class GreenTwinsSVT(SparseBackboneMixin, SVT):
 
     def _sparse_peg(self, peg, x: torch.Tensor, geo: StageGeometry) -> torch.Tensor:
         """Twins' PEG on visible tokens: submanifold depthwise conv + residual."""
+        mode = 'dense' if geo.neighbours is None else 'gather'  # chosen in sparse_geometry
         y = sparse_depthwise_conv(x, geo.coords, geo.hw, peg.proj.weight, peg.proj.bias,
-                                  geo.neighbours, self.sparse_conv)
+                                  geo.neighbours, mode)
         return y + x
