@@ -369,3 +369,17 @@ def test_pretrain_convert_mask_rcnn(tiny_data, converted, tmp_path):
         keys = [k for k in metrics if k.startswith(f'coco/{task}_mAP')]
         assert f'coco/{task}_mAP' in keys and f'coco/{task}_mAP_50' in keys
         assert all(math.isfinite(metrics[k]) for k in keys), metrics
+
+
+def test_demo_detector_predicts_non_square_images():
+    """mmdet's inference on a 480x640 image (resized to 96x128): with pad_size_divisor 32 the
+    last stage was a 3x4 map, smaller than window 4, and mmpretrain's Swin stopped with an
+    assertion; the demo config pads to 128 (32 x window 4) now."""
+    import numpy as np
+    from mmdet.apis import inference_detector, init_detector
+    cfg = Config.fromfile(DET_DEMO)
+    assert cfg.model.data_preprocessor.pad_size_divisor == 128
+    cfg.model.backbone.init_cfg = None
+    result = inference_detector(init_detector(cfg, device='cpu'), np.zeros((480, 640, 3), np.uint8))
+    assert result.metainfo['img_shape'] == (96, 128) and result.metainfo['pad_shape'] == (128, 128)
+    assert result.pred_instances.bboxes.shape[1] == 4

@@ -21,6 +21,11 @@ def setup(args):
     if any(name.startswith('greenmim_demo') for name in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST):
         register_demo_coco(args.demo_root)
     default_setup(cfg, args)
+    # greenmim_mm's messages (e.g. which per-stage norms a converted checkpoint lacks) go to the
+    # console and OUTPUT_DIR/log.txt too, as detectron2's and fvcore's
+    from detectron2.utils import comm
+    from detectron2.utils.logger import setup_logger
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name='greenmim_mm')
     return cfg
 
 

@@ -17,7 +17,7 @@ from .backbone import AlignedFPN, MMBackbone, fpn_from_config  # noqa: E402
 from .checkpoint import (CheckpointError, GreenDetectionCheckpointer,  # noqa: E402
                          export_detectron2_backbone)
 from .config import add_greenmim_config, get_cfg  # noqa: E402
-from .data import register_demo_coco  # noqa: E402
+from .data import demo_dataset_dicts, register_demo_coco  # noqa: E402
 from .green_swin import (GreenSwinBackbone, build_greenswin_backbone,  # noqa: E402
                          build_greenswin_fpn_backbone)
 from .green_twins import (GreenTwinsBackbone, build_greentwins_backbone,  # noqa: E402
@@ -28,7 +28,7 @@ from .train import Trainer  # noqa: E402
 __all__ = [
     'AlignedFPN', 'MMBackbone', 'fpn_from_config', 'CheckpointError',
     'GreenDetectionCheckpointer', 'export_detectron2_backbone', 'add_greenmim_config', 'get_cfg',
-    'register_demo_coco',
+    'demo_dataset_dicts', 'register_demo_coco',
     'GreenSwinBackbone', 'build_greenswin_backbone', 'build_greenswin_fpn_backbone',
     'GreenTwinsBackbone', 'build_greentwins_backbone', 'build_greentwins_fpn_backbone',
     'build_optimizer', 'param_groups', 'Trainer'

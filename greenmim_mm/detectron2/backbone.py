@@ -15,6 +15,19 @@ from torch import nn
 FEATURE_NAMES = ('res2', 'res3', 'res4', 'res5')  # stage i -> 'res{i + 2}', stride 4 * 2**i
 
 
+def plain_config(value):
+    """LazyConfig values (OmegaConf ``DictConfig`` / ``ListConfig``, e.g. a custom ``arch`` dict
+    set in a LazyConfig) -> plain dicts / lists, which mmpretrain's ``isinstance(arch, dict)``
+    checks accept; anything else unchanged."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - detectron2 depends on omegaconf
+        return value
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
 def stage_indices(out_features: Sequence[str]) -> tuple:
     """``('res2', 'res4')`` -> ``(0, 2)``; ValueError for other names or an unsorted list."""
     unknown = [f for f in out_features if f not in FEATURE_NAMES]
@@ -106,8 +119,19 @@ class AlignedFPN(FPN):
         return own * theirs // math.gcd(own, theirs)
 
 
+def check_fpn_features(in_features: Sequence[str], out_features: Sequence[str]) -> None:
+    """ValueError unless every FPN input is a backbone output (detectron2 itself stops with a
+    bare ``KeyError: 'res2'``)."""
+    missing = [f for f in in_features if f not in out_features]
+    if missing:
+        raise ValueError(f'MODEL.FPN.IN_FEATURES {list(in_features)} asks for {missing}, which '
+                         f'the backbone does not output (its OUT_FEATURES: {list(out_features)})')
+
+
 def fpn_from_config(bottom_up: Backbone, cfg) -> FPN:
-    """``cfg.MODEL.FPN.*`` on ``bottom_up``, as detectron2's ``build_resnet_fpn_backbone``."""
+    """``cfg.MODEL.FPN.*`` on ``bottom_up``, as detectron2's ``build_resnet_fpn_backbone``.
+    ValueError when ``MODEL.FPN.IN_FEATURES`` names a feature the backbone does not output."""
+    check_fpn_features(cfg.MODEL.FPN.IN_FEATURES, bottom_up.output_shape())
     return AlignedFPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,

@@ -14,7 +14,7 @@ from detectron2.modeling import BACKBONE_REGISTRY
 
 from greenmim_mm.models import GreenSwinTransformer
 
-from .backbone import FEATURE_NAMES, MMBackbone, fpn_from_config, stage_indices
+from .backbone import FEATURE_NAMES, MMBackbone, fpn_from_config, plain_config, stage_indices
 
 
 class GreenSwinBackbone(MMBackbone):
@@ -50,6 +50,7 @@ class GreenSwinBackbone(MMBackbone):
         if 'out_indices' in swin_kwargs:
             raise ValueError('give out_features (res2..res5), not out_indices')
         indices = stage_indices(out_features)
+        swin_kwargs = {k: plain_config(v) for k, v in swin_kwargs.items()}  # LazyConfig containers
         body = GreenSwinTransformer(out_indices=indices, **swin_kwargs)
         body.train()  # mmpretrain applies frozen_stages in train(); do it before any optimizer
         strides = [body.patch_stride * 2**i for i in indices]

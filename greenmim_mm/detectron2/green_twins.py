@@ -16,7 +16,7 @@ from detectron2.modeling import BACKBONE_REGISTRY
 
 from greenmim_mm.models import GreenTwinsSVT
 
-from .backbone import FEATURE_NAMES, MMBackbone, fpn_from_config, stage_indices
+from .backbone import FEATURE_NAMES, MMBackbone, fpn_from_config, plain_config, stage_indices
 
 
 class GreenTwinsBackbone(MMBackbone):
@@ -53,6 +53,7 @@ class GreenTwinsBackbone(MMBackbone):
         if 'out_indices' in svt_kwargs:
             raise ValueError('give out_features (res2..res5), not out_indices')
         indices = stage_indices(out_features)
+        svt_kwargs = {k: plain_config(v) for k, v in svt_kwargs.items()}  # LazyConfig containers
         body = GreenTwinsSVT(out_indices=indices, **svt_kwargs)
         strides = [body.stage_stride(i) for i in indices]
         channels = [body.embed_dims[i] for i in indices]

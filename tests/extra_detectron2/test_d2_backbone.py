@@ -200,3 +200,39 @@ def test_lazyconfig_swin_b_matches_the_yaml():
             no_decay = any(k in names[id(p)] for k in
                            ('norm', 'relative_position_bias_table', 'absolute_pos_embed'))
             assert group['weight_decay'] == (0.0 if no_decay else 0.05), names[id(p)]
+
+
+def test_demo_lazyconfig_matches_the_demo_yaml():
+    from detectron2.config import LazyConfig, instantiate
+    from detectron2.modeling import build_model
+    from d2_utils import NANO_LAZY
+    cfg = LazyConfig.load(NANO_LAZY)
+    lazy = instantiate(cfg.model)
+    yacs = build_model(load_cfg(NANO_YAML))
+    assert {k: v.shape for k, v in lazy.state_dict().items()} == \
+        {k: v.shape for k, v in yacs.state_dict().items()}
+    assert lazy.backbone.size_divisibility == yacs.backbone.size_divisibility == 128
+    assert lazy.roi_heads.box_predictor.test_topk_per_image == 20
+    assert lazy.roi_heads.num_classes == 5 and lazy.roi_heads.batch_size_per_image == 128
+    assert (cfg.optimizer.lr, cfg.optimizer.params.layer_decay_rate) == (4e-4, 0.9)
+    assert cfg.train.max_iter == 600 and cfg.dataloader.train.total_batch_size == 8
+
+
+def test_lazyconfig_takes_a_custom_arch_dict():
+    """The reviewer's reproduction: an arch dict set in a LazyConfig reaches the backbone as an
+    OmegaConf DictConfig, which mmpretrain's ``isinstance(arch, dict)`` refused ('Custom arch
+    needs a dict with keys ...' although the keys were right)."""
+    from detectron2.config import LazyConfig, instantiate
+    cfg = LazyConfig.load(B_LAZY)
+    cfg.model.backbone.bottom_up.arch = dict(embed_dims=32, depths=[2, 2, 2, 2],
+                                             num_heads=[2, 4, 4, 8])
+    fpn = instantiate(cfg.model.backbone)
+    assert fpn.bottom_up.body.embed_dims == 32
+    assert [len(stage.blocks) for stage in fpn.bottom_up.body.stages] == [2, 2, 2, 2]
+
+
+def test_fpn_in_features_must_be_backbone_outputs():
+    with pytest.raises(ValueError, match=r"MODEL.FPN.IN_FEATURES \['res2', 'res3', 'res4', "
+                                         r"'res5'\] asks for \['res2'\].*OUT_FEATURES"):
+        build_backbone(load_cfg(NANO_YAML, 'MODEL.GREENSWIN.OUT_FEATURES',
+                                ['res3', 'res4', 'res5']))

@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip('detectron2', reason='needs the extra: GREENMIM_MM_EXTRAS=detectron2')
 
-from d2_utils import NANO_YAML, TWINS_NANO_YAML, load_cfg  # noqa: E402
+from d2_utils import NANO_LAZY, NANO_YAML, TWINS_NANO_YAML, load_cfg  # noqa: E402
 from detectron2.engine import DefaultTrainer, HookBase  # noqa: E402
 from detectron2.utils.env import seed_all_rng  # noqa: E402
 
@@ -72,3 +72,42 @@ def test_default_trainer_trains_evaluates_and_reloads(demo_data_factory, tmp_pat
     trained = trainer.model.state_dict()
     for key, value in reloaded.state_dict().items():
         assert torch.equal(value, trained[key]), key
+
+
+def test_demo_lazyconfig_trains_with_detectrons_own_lazy_trainer(demo_data_factory, tmp_path):
+    """The README's LazyConfig command: detectron2's tools/lazyconfig_train_net.py (installed by
+    the extra as the top-level ``tools`` package) trains the demo LazyConfig, evaluates with
+    COCOEvaluator and writes model_final.pth."""
+    import subprocess
+    import sys
+    root = demo_data_factory('d2_lazy', train_per_class=1, val_per_class=1, det_train=4, det_val=2)
+    out = tmp_path / 'out'
+    run = subprocess.run(
+        [sys.executable, '-m', 'tools.lazyconfig_train_net', '--config-file', NANO_LAZY,
+         'train.max_iter=2', f'train.output_dir={out}', 'dataloader.train.total_batch_size=2',
+         f'dataloader.train.dataset.coco_root={osp.join(root, "coco")}'],
+        capture_output=True, text=True, timeout=900)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-3000:]
+    assert 'Evaluation results for bbox' in log and 'Evaluation results for segm' in log
+    assert (out / 'model_final.pth').is_file()
+
+
+def test_train_tool_logs_greenmim_messages_to_the_output_dir(demo_data_factory, tmp_path):
+    """``norm0``-``norm2`` missing from a converted checkpoint are reported by greenmim_mm's
+    logger: the train tool now sends it to the console and OUTPUT_DIR/log.txt, as detectron2's."""
+    import importlib.util
+    import logging
+    from d2_utils import REPO
+    spec = importlib.util.spec_from_file_location(
+        'train_detectron2', osp.join(REPO, 'tools', 'train_detectron2.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    root = demo_data_factory('d2_log', train_per_class=1, val_per_class=1, det_train=2, det_val=1)
+    args = tool.parse_args(['--config-file', NANO_YAML, '--demo-root', osp.join(root, 'coco'),
+                            'OUTPUT_DIR', str(tmp_path)])
+    tool.setup(args)
+    logging.getLogger('greenmim_mm.detectron2.checkpoint').info('marker 1234')
+    for handler in logging.getLogger('greenmim_mm').handlers:
+        handler.flush()
+    assert 'marker 1234' in (tmp_path / 'log.txt').read_text()
