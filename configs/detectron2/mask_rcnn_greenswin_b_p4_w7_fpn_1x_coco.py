@@ -1,7 +1,8 @@
 # LazyConfig twin of mask_rcnn_greenswin_b_p4_w7_fpn_1x_coco.yaml (Mask R-CNN + FPN, GreenMIM Swin-B
 # window 7, COCO 1x, AdamW lr 1e-4 / wd 0.05 without decay on norms and position tables, optional
 # layer-wise lr decay): detectron2's model-zoo LazyConfigs with greenmim_mm's backbone. For
-# detectron2's tools/lazyconfig_train_net.py (from a detectron2 source checkout), whose plain
+# detectron2's tools/lazyconfig_train_net.py (the extra installs it as the top-level `tools`
+# package: `python -m tools.lazyconfig_train_net --config-file THIS`), whose plain
 # DetectionCheckpointer needs train.init_checkpoint in detectron2's layout:
 #   tools/convert_checkpoint_detectron2.py backbone_converted.pth backbone_d2.pth
 # (greenmim_mm.detectron2.GreenDetectionCheckpointer loads both layouts and checks every weight).
