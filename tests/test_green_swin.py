@@ -166,21 +166,26 @@ def test_ratio_zero_equals_dense_path(size, window, stage_cfgs):
     assert max_diff(dense, sparse) <= 1e-10
 
 
-@pytest.mark.parametrize('grouping', ['optimal', 'window', 'single'])
-def test_parameter_gradients_match_reference(grouping):
-    model = make_model(224, 7, None, torch.float64, grouping=grouping)
-    x = torch.randn(2, 3, 224, 224, dtype=torch.float64)
-    mask = make_mask(224, 0.75, seed=3)
-    weights = None
-    grads = []
-    for fn in (lambda: model(x, mask=mask), lambda: reference_sparse(model, x, mask)):
+def sparse_and_reference_grads(model, x, mask, reference):
+    """Parameter gradients {name: grad} of the sparse path and of ``reference(model, x, mask)``
+    for the same random weighting of their outputs."""
+    weights, grads = None, []
+    for fn in (lambda: model(x, mask=mask), lambda: reference(model, x, mask)):
         model.zero_grad()
         outs = fn()
         if weights is None:
             weights = [torch.randn_like(o) for o in outs]
         sum((o * w).sum() for o, w in zip(outs, weights)).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
-    sparse_g, ref_g = grads
+    return grads
+
+
+@pytest.mark.parametrize('grouping', ['optimal', 'window', 'single'])
+def test_parameter_gradients_match_reference(grouping):
+    model = make_model(224, 7, None, torch.float64, grouping=grouping)
+    x = torch.randn(2, 3, 224, 224, dtype=torch.float64)
+    mask = make_mask(224, 0.75, seed=3)
+    sparse_g, ref_g = sparse_and_reference_grads(model, x, mask, reference_sparse)
     assert set(sparse_g) == set(ref_g)
     worst = max((sparse_g[n] - ref_g[n]).abs().max().item() for n in sparse_g)
     assert worst <= 1e-10

@@ -18,6 +18,7 @@ from mmpretrain.models import SVT
 
 from greenmim_mm.models import GreenTwinsSVT
 from greenmim_mm.ops import flex_available, random_unit_mask, upsample_mask
+from test_green_swin import sparse_and_reference_grads
 
 NEG = -1e9
 TINY = dict(embed_dims=[16, 32, 32, 64], depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4],
@@ -190,15 +191,7 @@ def test_parameter_gradients_match_reference(sparse_conv, grouping):
     model = make_model(torch.float64, sparse_conv=sparse_conv, grouping=grouping)
     x = torch.randn(2, 3, 224, 256, dtype=torch.float64)
     mask = make_mask((224, 256), 0.75, seed=3)
-    weights, grads = None, []
-    for fn in (lambda: model(x, mask=mask), lambda: reference_sparse(model, x, mask)):
-        model.zero_grad()
-        outs = fn()
-        if weights is None:
-            weights = [torch.randn_like(o) for o in outs]
-        sum((o * w).sum() for o, w in zip(outs, weights)).backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
-    sparse_g, ref_g = grads
+    sparse_g, ref_g = sparse_and_reference_grads(model, x, mask, reference_sparse)
     assert set(sparse_g) == set(ref_g)
     assert max((sparse_g[n] - ref_g[n]).abs().max().item() for n in sparse_g) <= 1e-10
     # the PEG kernels, sr convs and embeddings really are used
@@ -216,15 +209,7 @@ def test_parameter_gradients_match_reference_at_every_size_and_ratio(size, dtype
     x = torch.randn(2, 3, size, size, dtype=dtype)
     for seed, ratio in enumerate(RATIOS):
         mask = make_mask((size, size), ratio, seed)
-        weights, grads = None, []
-        for fn in (lambda: model(x, mask=mask), lambda: reference_sparse(model, x, mask)):
-            model.zero_grad()
-            outs = fn()
-            if weights is None:
-                weights = [torch.randn_like(o) for o in outs]
-            sum((o * w).sum() for o, w in zip(outs, weights)).backward()
-            grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
-        sparse_g, ref_g = grads
+        sparse_g, ref_g = sparse_and_reference_grads(model, x, mask, reference_sparse)
         worst = max(((sparse_g[n] - ref_g[n]).abs().max() / ref_g[n].abs().max().clamp(min=1))
                     .item() for n in ref_g)
         assert worst <= tol, (size, ratio, worst)
