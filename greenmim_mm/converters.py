@@ -486,16 +486,18 @@ def fold_peg_residual(sd: dict) -> List[str]:
     return folded
 
 
-SPCONV_KEYS = r'(patch_embeds\.[1-9]\d*\.projection|stages\.\d+\.\d+\.attn\.sr)\.weight$'
+SPCONV_KEYS = r'(patch_embeds\.[1-9]\d*\.proj|blocks\.\d+\.\d+\.attn\.sr)\.weight$'  # original names
 
 
-def spconv_weights_to_torch(sd: dict) -> List[str]:
+def spconv_weights_to_torch(sd: dict, prefix: str = '') -> List[str]:
     """Official GreenMIM Twins runs its stage patch embeddings (``patch_embeds.1-3``) and GSA
     key/value sub-sampling (``attn.sr``) as spconv ``SparseConv2d``, whose weights spconv >= 2.2
     stores as (out, kh, kw, in) ("KRSC"); permute those to torch's (out, in, kh, kw) in place.
-    Weights already in torch's layout (a re-saved checkpoint) are kept. Returns the permuted
-    keys. ConversionError for any other layout (spconv < 2.2 kept the kernel dimensions first,
-    (kh, kw, ., .), ambiguous for the square GSA kernels) or an ambiguous shape."""
+    ``sd`` has the original Twins key names (``prefix``, e.g. 'encoder.', stripped: errors name
+    the key as in the file). Weights already in torch's layout (a re-saved checkpoint) are kept.
+    Returns the permuted keys. ConversionError for any other layout (spconv < 2.2 kept the
+    kernel dimensions first, (kh, kw, ., .), ambiguous for the square GSA kernels) or an
+    ambiguous shape."""
     permuted = []
     for key in sorted(k for k in sd if re.match(SPCONV_KEYS, k)):
         w = sd[key]
@@ -505,7 +507,7 @@ def spconv_weights_to_torch(sd: dict) -> List[str]:
         out_ok = bias is None or w.shape[0] == bias.shape[0]
         if krsc == torch_layout or not out_ok:
             raise ConversionError(
-                f'{key}: cannot tell the sparse-convolution weight layout of shape '
+                f'{prefix}{key}: cannot tell the sparse-convolution weight layout of shape '
                 f'{tuple(w.shape)}; expected spconv >= 2.2 (out, kh, kw, in) or torch '
                 f'(out, in, kh, kw) (spconv < 2.2 checkpoints: load them with spconv >= 2.2 and '
                 f'save again)')
@@ -519,14 +521,15 @@ def convert_twins(ckpt: dict, src: str) -> Tuple[dict, List[str]]:
     """``timm-twins`` / ``official-twins`` checkpoint -> (mmpretrain SVT state dict, notes)."""
     sd, where = _unwrap(ckpt)
     sd = _strip_prefix(_tensor_dict(sd, where), 'module.')
-    dropped = []
+    dropped, prefix, permuted = [], '', []
     if src == 'official-twins' and any(k.startswith('encoder.') for k in sd):
         dropped = [k for k in sd if not k.startswith('encoder.')]
-        sd = _strip_prefix(sd, 'encoder.')
+        sd, prefix = _strip_prefix(sd, 'encoder.'), 'encoder.'
+    if src == 'official-twins':
+        permuted = spconv_weights_to_torch(sd, prefix)
     sd, more = rename_twins(sd, src)
     notes = [f'dropped: {summarize_dropped(dropped + more)}'] if dropped + more else []
     if src == 'official-twins':
-        permuted = spconv_weights_to_torch(sd)
         if permuted:
             notes.append(f'{len(permuted)} spconv weights (out, kh, kw, in) -> torch '
                          f'(out, in, kh, kw)')

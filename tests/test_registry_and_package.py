@@ -141,10 +141,11 @@ def test_tools_import_the_package_without_sys_path_edits(name):
     assert 'sys.path' not in text and 'import train' not in text
 
 
-def test_tool_runs_as_a_script_from_another_directory(tmp_path):
+@pytest.mark.parametrize('tool', ['visualize_reconstruction.py', 'visualize_localmim.py'])
+def test_tool_runs_as_a_script_from_another_directory(tmp_path, tool):
     """A thin tool started from elsewhere imports the package (no sys.path edit needed); its
     argparse refuses ``--num 0`` before loading anything (it used to die with IndexError)."""
-    run = subprocess.run([sys.executable, str(REPO / 'tools' / 'visualize_reconstruction.py'),
+    run = subprocess.run([sys.executable, str(REPO / 'tools' / tool),
                           'missing_config.py', 'missing.pth', '--num', '0'],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert run.returncode == 2, run.stdout + run.stderr

@@ -130,8 +130,9 @@ def test_official_twins_folds_the_missing_peg_residual(layout):
 
 def test_official_twins_refuses_kernel_first_spconv_weights():
     encoder = official_state_dict(timm_twins(), 'kernel-first')
-    with pytest.raises(ConversionError, match=r'patch_embeds\.1\.projection\.weight: cannot tell '
-                       r'the sparse-convolution weight layout of shape \(2, 2, 32, 16\)'):
+    # named as in the file; the first (sorted) is stage 0's GSA kernel, square: (8, 8, 16, 16)
+    with pytest.raises(ConversionError, match=r'encoder\.blocks\.0\.1\.attn\.sr\.weight: cannot '
+                       r'tell the sparse-convolution weight layout of shape \(8, 8, 16, 16\)'):
         convert_checkpoint({'model': {f'encoder.{k}': v for k, v in encoder.items()}},
                            'official-twins')
 

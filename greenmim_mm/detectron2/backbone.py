@@ -110,7 +110,13 @@ class MMBackbone(Backbone):
 
 class AlignedFPN(FPN):
     """detectron2's ``FPN``; images are padded to a multiple of its own size divisibility (the
-    largest input stride) *and* of its bottom-up backbone's (e.g. a multiple of the windows)."""
+    largest input stride) *and* of its bottom-up backbone's (e.g. a multiple of the windows).
+    ValueError (yacs and LazyConfigs alike) when ``in_features`` names a feature the backbone
+    does not output."""
+
+    def __init__(self, bottom_up: Backbone, in_features: Sequence[str], *args, **kwargs):
+        check_fpn_features(in_features, list(bottom_up.output_shape()))
+        super().__init__(bottom_up, in_features, *args, **kwargs)
 
     @property
     def size_divisibility(self) -> int:
@@ -124,14 +130,14 @@ def check_fpn_features(in_features: Sequence[str], out_features: Sequence[str]) 
     bare ``KeyError: 'res2'``)."""
     missing = [f for f in in_features if f not in out_features]
     if missing:
-        raise ValueError(f'MODEL.FPN.IN_FEATURES {list(in_features)} asks for {missing}, which '
-                         f'the backbone does not output (its OUT_FEATURES: {list(out_features)})')
+        raise ValueError(f'FPN in_features (MODEL.FPN.IN_FEATURES) {list(in_features)} ask for '
+                         f'{missing}, which the backbone does not output (its out_features, '
+                         f'MODEL.GREENSWIN/GREENTWINS.OUT_FEATURES: {list(out_features)})')
 
 
 def fpn_from_config(bottom_up: Backbone, cfg) -> FPN:
     """``cfg.MODEL.FPN.*`` on ``bottom_up``, as detectron2's ``build_resnet_fpn_backbone``.
     ValueError when ``MODEL.FPN.IN_FEATURES`` names a feature the backbone does not output."""
-    check_fpn_features(cfg.MODEL.FPN.IN_FEATURES, bottom_up.output_shape())
     return AlignedFPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,

@@ -232,7 +232,15 @@ def test_lazyconfig_takes_a_custom_arch_dict():
 
 
 def test_fpn_in_features_must_be_backbone_outputs():
-    with pytest.raises(ValueError, match=r"MODEL.FPN.IN_FEATURES \['res2', 'res3', 'res4', "
-                                         r"'res5'\] asks for \['res2'\].*OUT_FEATURES"):
+    with pytest.raises(ValueError, match=r"MODEL.FPN.IN_FEATURES\) \['res2', 'res3', 'res4', "
+                                         r"'res5'\] ask for \['res2'\].*OUT_FEATURES"):
         build_backbone(load_cfg(NANO_YAML, 'MODEL.GREENSWIN.OUT_FEATURES',
                                 ['res3', 'res4', 'res5']))
+    # the same in a LazyConfig (used to be detectron2's bare KeyError: 'res2')
+    from detectron2.config import LazyConfig, instantiate
+    from d2_utils import NANO_LAZY
+    cfg = LazyConfig.load(NANO_LAZY)
+    cfg.model.backbone.bottom_up.out_features = ['res3', 'res4', 'res5']
+    cfg.model.backbone.in_features = ['res2', 'res3', 'res4', 'res5']
+    with pytest.raises(ValueError, match=r"FPN in_features .* ask for \['res2'\]"):
+        instantiate(cfg.model.backbone)
