@@ -145,7 +145,8 @@ def masked_cell_loss(neck: torch.nn.Module, head: torch.nn.Module, latent: torch
     """One decoder's loss on the masked cells of its grid: latent (B, N_vis, C) of the visible
     cells of ``mask`` (H, W) -> scalar ``head.loss`` of ``neck``'s predictions at the masked cells
     only (equal to the loss of its predictions on the whole grid, whose visible cells weigh 0)."""
-    cells = masked_cell_index(mask).to(latent.device)
+    # non_blocking, as the geometry transfer: no stream synchronisation on CUDA
+    cells = masked_cell_index(mask).to(latent.device, non_blocking=True)
     return head.loss(decode_cells(neck, latent, mask, cells), img, mask, cells)
 
 

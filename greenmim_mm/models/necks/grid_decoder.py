@@ -143,7 +143,7 @@ class GridPlacement(BaseModule):
             raise ValueError(f'{n} latents for a mask with {vis.numel()} visible units '
                              f'(grid {tuple(mask.shape)})')
         grid = self.mask_token.to(tokens.dtype).expand(b, mask.numel(), d)
-        grid = grid.index_copy(1, vis.to(tokens.device), tokens)
+        grid = grid.index_copy(1, vis.to(tokens.device, non_blocking=True), tokens)
         return grid + self.pos_embed(tuple(mask.shape), tokens)
 
 
