@@ -170,3 +170,24 @@ def test_twins_refuses_other_archs_and_swin_weights_with_nothing_loaded(tmp_path
     partial.pop('backbone.position_encodings.3.proj.weight')
     torch.save({'state_dict': partial}, tmp_path / 'partial2.pth')
     _refused(model, tmp_path / 'partial2.pth', 'missing: .*position_encodings.3.proj.weight')
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f'echo PWNED > {self.marker}', ))
+
+
+def test_lazyconfig_trainers_plain_checkpointer_refuses_a_pickled_payload(tmp_path):
+    """The README's LazyConfig route loads ``train.init_checkpoint`` with detectron2's plain
+    ``DetectionCheckpointer`` (fvcore's ``torch.load``, torch's ``weights_only=True`` default),
+    not our loader: a file that pickles a call must be refused and must not run."""
+    marker = tmp_path / 'marker'
+    path = tmp_path / 'evil.pth'
+    torch.save({'model': _RunsCode(str(marker))}, str(path))
+    with pytest.raises(Exception, match='Weights only load failed'):
+        DetectionCheckpointer(torch.nn.Linear(2, 2)).load(str(path))
+    assert not marker.exists()
