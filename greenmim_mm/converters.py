@@ -15,7 +15,10 @@ Sources (``SOURCES``):
   Microsoft-format one (downsample at the end) is converted as ``official-g3``.
 * ``localmim``: our LocalMIM pre-training checkpoint: ``backbone.*`` without the per-head
   LayerNorms of outputs taken after patch merging (``norm{i}`` wider than stage i); decoders,
-  heads, target generators dropped.
+  heads, target generators dropped. A LocalMIM Twins checkpoint is kept whole (mmpretrain
+  ``SVT`` layout: no head norm was added) and a LocalMIM ViT one too (mmpretrain
+  ``VisionTransformer`` layout; its per-head norms live in the decoders); ``greenmim_mm`` takes
+  both as well.
 * ``localmim-official-swin``: official LocalMIM Swin (LocalMIM's official code): Microsoft keys under
   ``encoder.``, per-head norms ``encoder.norm.{k}``, ``decoder.*`` and ``hog_enc.*`` dropped; its
   sparse PatchMerging concatenates the 2x2 neighbours row-first (official LocalMIM code), reordered as
@@ -32,9 +35,13 @@ Twins-SVT sources (output in mmpretrain's ``SVT`` / our ``GreenTwinsSVT`` layout
 * ``official-twins``: official GreenMIM Twins-L pre-training checkpoints (``checkpoint['model']``,
   ``encoder.`` keys in the same original Twins layout). Their PEG has no residual (official
   GreenMIM code, modeling/green_twins_models.py); it is folded in exactly by subtracting 1 from
-  the centre tap of every PEG depthwise kernel. Its stage patch embeddings 1-3 and GSA ``sr``
-  convolutions are spconv ``SparseConv2d``: their (out, kh, kw, in) weights (spconv >= 2.2) are
-  permuted to torch's (out, in, kh, kw).
+  the centre tap of every PEG depthwise kernel. The file's kind is checked first
+  (:func:`twins_checkpoint_kind`): a Twins classification file (Meituan-AutoML/Twins
+  ``alt_gvt_*.pth``: classifier ``head.*``, no ``encoder.``/decoder keys, torch-layout
+  convolutions; its PEG has the residual) is converted as ``timm-twins`` with a note; a file that
+  is neither recognisably is refused, and ``timm-twins`` refuses a GreenMIM pre-training file.
+  Its stage patch embeddings 1-3 and GSA ``sr`` convolutions are spconv ``SparseConv2d``: their
+  (out, kh, kw, in) weights (spconv >= 2.2) are permuted to torch's (out, in, kh, kw).
 * ``greenmim_mm`` also accepts our Twins pre-training checkpoints (kept as they are; the window
   options apply to Swin only).
 
@@ -65,6 +72,7 @@ import torch
 SOURCES = ('greenmim_mm', 'official-g1', 'official-g3', 'timm', 'localmim',
            'localmim-official-swin', 'localmim-official-vit', 'timm-twins', 'official-twins')
 TWINS_SOURCES = ('timm-twins', 'official-twins')
+OUR_SOURCES = ('greenmim_mm', 'localmim')  # our checkpoints: Swin, Twins or (LocalMIM) ViT
 
 # For each of our (mmcv Unfold) neighbours (0,0),(0,1),(1,0),(1,1): its position in the
 # source's neighbour-major 4C concatenation.
@@ -166,6 +174,8 @@ def _strip_prefix(sd: dict, prefix: str) -> dict:
 def guess_layout(keys) -> Optional[str]:
     """Best guess of the ``--src`` that fits a state dict's keys (for error messages)."""
     keys = {re.sub(r'^(module\.|encoder\.|backbone\.)+', '', k) for k in keys}
+    if 'patch_embed.projection.weight' in keys and 'layers.0.ln1.weight' in keys:
+        return 'localmim or greenmim_mm (mmpretrain ViT layout)'
     if 'patch_embed.projection.weight' in keys or 'patch_embeds.0.projection.weight' in keys:
         return 'greenmim_mm'
     if 'patch_embeds.0.proj.weight' in keys:
@@ -517,19 +527,84 @@ def spconv_weights_to_torch(sd: dict, prefix: str = '') -> List[str]:
     return permuted
 
 
+def twins_checkpoint_kind(sd: dict) -> Tuple[Optional[str], str]:
+    """What an original-layout Twins state dict (keys as in the file, ``module.`` stripped) is,
+    and why: (kind, evidence).
+
+    * ``'greenmim'``: an official GreenMIM Twins pre-training checkpoint (official GreenMIM code,
+      modeling/green_twins_models.py; its PEG has no residual): ``encoder.`` keys, decoder /
+      mask-token keys, or stage-embedding / GSA ``sr`` weights in spconv's (out, kh, kw, in)
+      layout (``util/extract_backbone.py`` keeps them so);
+    * ``'classification'``: a Twins classifier (Meituan-AutoML/Twins ``alt_gvt_*.pth``, timm
+      ``twins_svt_*``; PEG with the residual): a classifier ``head.*`` and none of the above;
+    * None: neither can be told (e.g. a bare backbone in torch's layout).
+    """
+    prefixed = [k for k in sd if k.startswith(('encoder.', 'decoder', 'mask_token'))]
+    if prefixed:
+        return 'greenmim', f'GreenMIM pre-training keys ({_sample(prefixed, 2)})'
+    spconv = [k for k, w in sd.items() if re.match(SPCONV_KEYS, k) and _spconv_layout(w)]
+    if spconv:
+        return 'greenmim', (f'spconv-layout (out, kh, kw, in) weights ({_sample(spconv, 2)}) '
+                            'of the sparse GreenMIM encoder')
+    head = [k for k in sd if k.startswith('head.')]
+    if head:
+        return 'classification', (f'a classifier ({_sample(head, 2)}), no GreenMIM pre-training '
+                                   "keys, convolutions in torch's layout")
+    return None, 'no classifier head, no GreenMIM pre-training keys, torch-layout convolutions'
+
+
+def _spconv_layout(w: torch.Tensor) -> bool:
+    """A 4-D sparse-convolution weight in spconv's (out, kh, kw, in), not torch's layout."""
+    return w.dim() == 4 and w.shape[1] == w.shape[2] and w.shape[2] != w.shape[3]
+
+
+def check_twins_source(sd: dict, src: str) -> Tuple[str, Optional[str]]:
+    """The conversion a Twins file needs, from its kind (:func:`twins_checkpoint_kind`):
+    (``'official'`` (fold the missing PEG residual, permute the spconv weights) or ``'timm'`` (as
+    it is), note). ``--src official-twins`` on a Twins classification file converts it as
+    ``timm-twins``, with a note (folding a PEG that has the residual would subtract 1 from every
+    centre tap).
+
+    Raises:
+        ConversionError: ``--src timm-twins`` on an official GreenMIM pre-training file, or
+            ``--src official-twins`` on a file that is neither recognisably; the message names
+            the right ``--src``.
+    """
+    kind, evidence = twins_checkpoint_kind(sd)
+    if src == 'timm-twins':
+        if kind == 'greenmim':
+            raise ConversionError(
+                f'--src timm-twins: this is an official GreenMIM Twins pre-training checkpoint '
+                f'({evidence}), whose PEG has no residual: use --src official-twins')
+        return 'timm', None
+    if kind == 'greenmim':
+        return 'official', None
+    if kind == 'classification':
+        return 'timm', (f'a Twins classification checkpoint ({evidence}; its PEG has the '
+                        'residual): converted as --src timm-twins, PEG kernels unchanged')
+    raise ConversionError(
+        '--src official-twins: cannot tell an official GreenMIM Twins pre-training checkpoint '
+        "(PEG without residual: 'encoder.'/decoder keys or spconv-layout weights) from a Twins "
+        f'classification / timm checkpoint (PEG with residual): {evidence}. For Twins '
+        'classification or timm weights use --src timm-twins')
+
+
 def convert_twins(ckpt: dict, src: str) -> Tuple[dict, List[str]]:
-    """``timm-twins`` / ``official-twins`` checkpoint -> (mmpretrain SVT state dict, notes)."""
+    """``timm-twins`` / ``official-twins`` checkpoint -> (mmpretrain SVT state dict, notes).
+    The file's kind is checked first (:func:`check_twins_source`)."""
     sd, where = _unwrap(ckpt)
     sd = _strip_prefix(_tensor_dict(sd, where), 'module.')
+    layout, note = check_twins_source(sd, src)
+    notes = [note] if note else []
     dropped, prefix, permuted = [], '', []
-    if src == 'official-twins' and any(k.startswith('encoder.') for k in sd):
+    if layout == 'official' and any(k.startswith('encoder.') for k in sd):
         dropped = [k for k in sd if not k.startswith('encoder.')]
         sd, prefix = _strip_prefix(sd, 'encoder.'), 'encoder.'
-    if src == 'official-twins':
+    if layout == 'official':
         permuted = spconv_weights_to_torch(sd, prefix)
     sd, more = rename_twins(sd, src)
-    notes = [f'dropped: {summarize_dropped(dropped + more)}'] if dropped + more else []
-    if src == 'official-twins':
+    notes += [f'dropped: {summarize_dropped(dropped + more)}'] if dropped + more else []
+    if layout == 'official':
         if permuted:
             notes.append(f'{len(permuted)} spconv weights (out, kh, kw, in) -> torch '
                          f'(out, in, kh, kw)')
@@ -541,17 +616,31 @@ def convert_twins(ckpt: dict, src: str) -> Tuple[dict, List[str]]:
     return sd, notes
 
 
+def _backbone_key_set(ckpt: dict) -> set:
+    """The keys of a checkpoint's state dict with ``module.`` / ``backbone.`` stripped."""
+    sd, _ = _unwrap(ckpt)
+    if not isinstance(sd, dict):
+        return set()
+    return {re.sub(r'^(module\.)?(backbone\.)?', '', str(k)) for k in sd}
+
+
 def _holds_twins(ckpt: dict) -> bool:
     """True if a greenmim_mm checkpoint's backbone is a Twins (mmpretrain SVT layout)."""
-    sd, _ = _unwrap(ckpt)
-    return isinstance(sd, dict) and any(
-        str(k).endswith('patch_embeds.0.projection.weight') for k in sd)
+    return 'patch_embeds.0.projection.weight' in _backbone_key_set(ckpt)
+
+
+def _holds_vit(ckpt: dict) -> bool:
+    """True if a greenmim_mm checkpoint's backbone is a ViT (mmpretrain ``VisionTransformer`` /
+    ``MAEViT`` layout, e.g. our LocalMIM ViT's ``LocalMIMMAEViT``)."""
+    keys = _backbone_key_set(ckpt)
+    return 'patch_embed.projection.weight' in keys and 'layers.0.ln1.weight' in keys
 
 
 def convert_twins_checkpoint(ckpt: dict, src: str) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """A Twins source (``TWINS_SOURCES``, or ``greenmim_mm`` holding a Twins backbone) ->
-    (``backbone.``-prefixed state dict, notes)."""
-    if src == 'greenmim_mm':
+    """A Twins source (``TWINS_SOURCES``, or ``greenmim_mm`` / ``localmim`` holding a Twins
+    backbone: kept whole, LocalMIM Twins adds no head norm) -> (``backbone.``-prefixed state
+    dict, notes)."""
+    if src in OUR_SOURCES:
         sd, dropped = greenmim_mm_backbone(ckpt)
         notes = [f'dropped: {summarize_dropped(dropped)}'] if dropped else []
     else:
@@ -568,16 +657,17 @@ def convert_checkpoint(ckpt: dict, src: str, window: Optional[int] = None,
         raise ConversionError(f'unknown source {src!r}; choose one of {SOURCES}')
     if window is not None and stage_windows is not None:
         raise ConversionError('give either window or stage_windows, not both')
-    if src in TWINS_SOURCES or (src == 'greenmim_mm' and _holds_twins(ckpt)):
+    if src in TWINS_SOURCES or (src in OUR_SOURCES and _holds_twins(ckpt)):
         if window is not None or stage_windows is not None:
             raise ConversionError('window / stage_windows apply to Swin only (Twins LSA windows '
                                   'have no parameters)')
         return convert_twins_checkpoint(ckpt, src)
     notes = []
-    if src == 'localmim-official-vit':
+    if src == 'localmim-official-vit' or (src in OUR_SOURCES and _holds_vit(ckpt)):
         if window is not None or stage_windows is not None:
-            raise ConversionError('--src localmim-official-vit: a ViT has no windows to set')
-        sd, dropped = convert_localmim_vit(ckpt)
+            raise ConversionError(f'--src {src}: a ViT has no windows to set')
+        sd, dropped = (convert_localmim_vit(ckpt) if src == 'localmim-official-vit'
+                       else our_vit_backbone(ckpt, src))
         notes += [f'dropped: {summarize_dropped(dropped)}'] if dropped else []
         return {f'backbone.{k}': v.contiguous() for k, v in sd.items()}, notes
     if src == 'greenmim_mm':
@@ -695,6 +785,25 @@ def convert_localmim_vit(ckpt: dict) -> Tuple[dict, List[str]]:
         raise ConversionError('--src localmim-official-vit: keys with no counterpart in the '
                               f'mmpretrain ViT layout: {_sample(unknown)}')
     return out, dropped
+
+
+_OUR_VIT_KEY = re.compile(r'cls_token|pos_embed|patch_embed\.projection\.(weight|bias)|'
+                          r'(ln1|pre_norm)\.(weight|bias)|layers\.\d+\.(%s)\.(weight|bias)'
+                          % '|'.join(re.escape(v) for v in _VIT_BLOCK_KEYS.values()))
+
+
+def our_vit_backbone(ckpt: dict, src: str) -> Tuple[dict, List[str]]:
+    """Backbone weights of our LocalMIM ViT checkpoint (``LocalMIMMAEViT``: mmpretrain
+    ``VisionTransformer`` keys, the layout of ``localmim-official-vit``'s output), kept as they
+    are; decoders (with their per-head norms), heads and the mask step dropped. ConversionError
+    for a backbone key outside that layout."""
+    sd, dropped = greenmim_mm_backbone(ckpt)
+    unknown = [k for k in sd if not _OUR_VIT_KEY.fullmatch(k)]
+    if unknown:
+        raise ConversionError(f'--src {src}: keys outside the mmpretrain ViT layout (expected '
+                              "'cls_token', 'pos_embed', 'patch_embed.projection.*', "
+                              f"'layers.{{i}}.(ln1|attn.qkv|...).*', 'ln1.*'): {_sample(unknown)}")
+    return sd, dropped
 
 
 def _vit_key(key: str) -> Optional[str]:

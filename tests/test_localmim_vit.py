@@ -107,18 +107,21 @@ def test_decoder_output_grid_per_scale(scale, grid):
     assert n_deconv == {4: 2, 2: 1, 1: 0, 0.5: 0}[scale]
 
 
-def tiny_vit_localmim(**kw):
+def tiny_vit_localmim(target='hog', **kw):
     torch.manual_seed(0)
     scales, cells = [4.0, 2.0, 1.0, 0.5], [4, 8, 16, 32]
+    if target == 'hog':
+        tgts, dims = [dict(type='LocalMIMHOGGenerator', cell=c, nbins=9) for c in cells], [27] * 4
+    else:
+        tgts = [dict(type='PixelTargetGenerator', cell=c) for c in cells]
+        dims = [3 * c * c for c in cells]
     model = MODELS.build(dict(
         type='LocalMIMViT',
         backbone=dict(type='LocalMIMMAEViT', arch=ARCH, img_size=64, patch_size=16,
                       out_indices=[0, 1, 2, 3]),
-        necks=[dict(type='LocalMIMViTDecoder', in_channels=32, pred_dims=27, scale=s,
-                    embed_dims=16, num_heads=2) for s in scales],
-        heads=[dict(type='CellReconstructionHead',
-                    target_generator=dict(type='LocalMIMHOGGenerator', cell=c, nbins=9))
-               for c in cells],
+        necks=[dict(type='LocalMIMViTDecoder', in_channels=32, pred_dims=d, scale=s,
+                    embed_dims=16, num_heads=2) for s, d in zip(scales, dims)],
+        heads=[dict(type='CellReconstructionHead', target_generator=t) for t in tgts],
         data_preprocessor=dict(mean=MEAN, std=STD, to_rgb=True), **kw))
     model.init_weights()
     assert isinstance(model, LocalMIMViT)

@@ -36,10 +36,12 @@ def parse_args(argv=None):
         epilog='official-g1: GreenMIM before commit b981012 (G1/G2, incl. the released '
         'checkpoints; row-first merge channels). official-g3: GreenMIM from b981012, Microsoft '
         'Swin, SimMIM (Swin merge order). timm: timm >= 0.6 Swin state dicts. localmim: our '
-        'LocalMIM checkpoints. localmim-official-swin / -vit: the official LocalMIM checkpoints '
-        '(Swin: row-first merge channels; ViT: to mmpretrain VisionTransformer). timm-twins: timm '
+        'LocalMIM checkpoints (Swin, Twins, ViT). localmim-official-swin / -vit: the official '
+        'LocalMIM checkpoints (Swin: row-first merge channels; ViT: to mmpretrain '
+        'VisionTransformer). timm-twins: timm '
         'twins_svt_* state dicts. official-twins: official GreenMIM Twins-L pre-training (its '
-        'missing PEG residual folded into the kernels). greenmim_mm also takes our Twins.')
+        'missing PEG residual folded into the kernels; a Twins classification file is detected '
+        'and converted as timm-twins). greenmim_mm also takes our Twins and ViT.')
     parser.add_argument('--src', required=True, choices=sources, help='source layout')
     parser.add_argument('input', help='source checkpoint')
     parser.add_argument('output', help='converted checkpoint to write')

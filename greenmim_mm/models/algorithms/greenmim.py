@@ -154,7 +154,8 @@ def check_greenmim_backbone(backbone: torch.nn.Module, neck: torch.nn.Module,
                             mask_ratio: float) -> None:
     """Build-time checks (ValueError): the backbone has a sparse path (``sparse_unsupported``);
     a single decoder (not a list, as LocalMIM's) reads only the
-    last stage, so ``out_indices`` must be (last stage,); on a sparse Swin-like backbone
+    last stage, so ``out_indices`` must be (last stage,), and its ``in_channels`` must be that
+    output's width (:func:`check_decoder_widths`); on a sparse Swin-like backbone
     (``mask_unit``, ``patch_stride``, ``patch_resolution``), ``mask_ratio`` must mask at least one
     unit of the unit grid of its ``img_size``."""
     reason = getattr(backbone, 'sparse_unsupported', None)
@@ -169,6 +170,8 @@ def check_greenmim_backbone(backbone: torch.nn.Module, neck: torch.nn.Module,
                 f'GreenMIM uses only the last stage of the backbone, but out_indices='
                 f'{tuple(backbone.out_indices)}: the other out norms would get no gradient (DDP '
                 f'fails on them). Set model.backbone.out_indices=({last}, ).')
+    if not isinstance(neck, (torch.nn.ModuleList, list, tuple)):
+        check_decoder_widths(backbone, [neck], ['model.neck'], outputs=[-1])
     if not all(hasattr(backbone, a) for a in ('mask_unit', 'patch_stride', 'patch_resolution')):
         return
     per_unit = backbone.mask_unit // backbone.patch_stride
@@ -179,6 +182,44 @@ def check_greenmim_backbone(backbone: torch.nn.Module, neck: torch.nn.Module,
             f'mask_ratio={mask_ratio} masks no unit of the {grid[0]}x{grid[1]} unit grid '
             f'({units} units of {backbone.mask_unit} px): the loss counts masked units only, so '
             f'it would be NaN. Use a ratio that masks at least one unit (GreenMIM: 0.75).')
+
+
+def backbone_out_widths(backbone: torch.nn.Module) -> Optional[List[int]]:
+    """Channels of every backbone output, in ``out_indices`` order: ``feature_info``'s
+    ``num_chs`` (sparse backbones), else the ViT's ``embed_dims`` for each out index; None when
+    the backbone states neither."""
+    info = getattr(backbone, 'feature_info', None)
+    if info is not None:
+        return [int(f['num_chs']) for f in info]
+    dims = getattr(backbone, 'embed_dims', None)
+    if isinstance(dims, int) and hasattr(backbone, 'out_indices'):
+        return [dims] * len(backbone.out_indices)
+    return None
+
+
+def check_decoder_widths(backbone: torch.nn.Module, necks: Sequence[torch.nn.Module],
+                         keys: Sequence[str], outputs: Optional[Sequence[int]] = None) -> None:
+    """Every decoder's ``in_channels`` equals the width of the backbone output it reads
+    (``outputs[k]``, an index into the backbone's outputs, default k); decoders without
+    ``in_channels`` and backbones of unknown widths are not checked.
+
+    Raises:
+        ValueError: naming the config key (``keys[k]``), both widths and the output, at build
+            time instead of torch's matmul shape error at the first step (GreenMIM#10).
+    """
+    widths = backbone_out_widths(backbone)
+    if widths is None:
+        return
+    outputs = range(len(necks)) if outputs is None else outputs
+    for neck, key, out in zip(necks, keys, outputs):
+        given = getattr(neck, 'in_channels', None)
+        width = widths[out]
+        if given is not None and int(given) != width:
+            index = tuple(backbone.out_indices)[out]
+            raise ValueError(
+                f'{key}.in_channels={given}, but the backbone output it reads '
+                f'({type(backbone).__name__} out index {index}) is {width} wide: set '
+                f'{key}.in_channels={width} (or a backbone arch whose output is {given} wide)')
 
 
 def _build(cfg: Union[dict, torch.nn.Module]) -> torch.nn.Module:

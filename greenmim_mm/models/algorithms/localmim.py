@@ -13,7 +13,8 @@ import torch.nn as nn
 from greenmim_mm.ops.masking import unit_grid, upsample_mask
 from greenmim_mm.registry import MODELS
 
-from .greenmim import GreenMIM, _build, _single_view, draw_unit_mask, masked_cell_loss
+from .greenmim import (GreenMIM, _build, _single_view, check_decoder_widths, draw_unit_mask,
+                       masked_cell_loss)
 
 
 def out_strides(backbone: nn.Module) -> List[int]:
@@ -61,7 +62,8 @@ class LocalMIM(GreenMIM):
 
     Raises ValueError at build time when the numbers of out indices, decoders, heads and weights
     differ, when a head's cell is not its output's stride, when a decoder's prediction width is
-    not its target's, or when an output is coarser than the mask unit.
+    not its target's, when a decoder's ``in_channels`` is not the width of its backbone output,
+    or when an output is coarser than the mask unit.
     """
 
     def __init__(self, backbone: dict, necks: Sequence[dict], heads: Sequence[dict],
@@ -83,6 +85,8 @@ class LocalMIM(GreenMIM):
                              f'{len(heads)} heads, {len(weights)} loss_weights')
         self.loss_weights = weights
         self._check_heads()
+        check_decoder_widths(self.backbone, self.neck,
+                             [f'model.necks[{k}]' for k in range(num)])
 
     def _check_heads(self) -> None:
         """Swin: every head's cell is its output's stride, a divisor of the mask unit."""

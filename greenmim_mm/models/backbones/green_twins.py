@@ -19,6 +19,7 @@ from greenmim_mm.ops import (BACKENDS, DEFAULT_SPARSE_CONV, GROUPING_POLICIES, S
 from greenmim_mm.ops.geometry import flat_index
 from greenmim_mm.ops.sparse_conv import check_mode, resolve_mode
 from greenmim_mm.registry import MODELS
+from .pretrained import StrictPretrainedMixin
 from .sparse_backbone import SparseBackboneMixin
 
 # The demo/smoke-test size of the nano Twins configs and tests (not a published model): maps
@@ -65,7 +66,7 @@ class PaddingMaskedLSA(LocallyGroupedSelfAttention):
 
 
 @MODELS.register_module()
-class GreenTwinsSVT(SparseBackboneMixin, SVT):
+class GreenTwinsSVT(SparseBackboneMixin, StrictPretrainedMixin, SVT):
     """mmpretrain's ``SVT`` (same arguments, same state dict) plus a sparse path.
 
     Implements the sparse-backbone contract (``sparse_backbone.py``). ``arch`` also accepts
@@ -105,9 +106,20 @@ class GreenTwinsSVT(SparseBackboneMixin, SVT):
             form; both measured, see ``greenmim_mm.ops.sparse_conv``), 'dense' (scatter -> dense
             depthwise conv -> gather) or 'gather' (neighbour gather).
 
+    Pretrained weights (``init_cfg=dict(type='Pretrained', checkpoint=..., prefix=...)``) load
+    strictly, as ``GreenSwinTransformer``'s
+    (:class:`~greenmim_mm.models.backbones.pretrained.StrictPretrainedMixin`): every tensor must
+    be in the file with its shape, except output norms ``norm_after_stage{i}`` the pre-training
+    did not have (kept at their initial values); output norms in the file that this
+    configuration lacks are ignored. A Swin file, or PCPVT weights (GSA ``q``/``kv`` where SVT's
+    LSA has ``qkv``), is one ``PretrainedLoadError``. ``strict=False`` in the init_cfg: partial
+    load with one warning.
+
     Raises ValueError (sparse path) for image sides not divisible by 32, a wrong mask, or an arch
     whose ``sr`` × stage stride is not the mask unit or whose patch embeddings overlap.
     """
+    OPTIONAL_MISSING = (r'norm_after_stage\d+\.(weight|bias)', )
+    OPTIONAL_UNEXPECTED = (r'norm_after_stage\d+\.(weight|bias)', )
     arch_zoo = {**SVT.arch_zoo, 'nano': TWINS_NANO}
 
     def __init__(self, *args, attn_backend: str = 'auto', grouping: str = 'optimal',

@@ -5,6 +5,7 @@ import torch
 from mmpretrain.models.selfsup import MAEViT
 
 from greenmim_mm.registry import MODELS
+from .pretrained import StrictPretrainedMixin
 
 
 def random_patch_masks(batch: int, num_patches: int, ratio: float,
@@ -23,11 +24,14 @@ def random_patch_masks(batch: int, num_patches: int, ratio: float,
 
 
 @MODELS.register_module()
-class LocalMIMMAEViT(MAEViT):
+class LocalMIMMAEViT(StrictPretrainedMixin, MAEViT):
     """``MAEViT`` (same arguments and state dict) whose masked path takes a given per-sample mask
     and returns the visible tokens after every block in ``out_indices``.
 
     * ``forward(x)`` / ``forward(x, mask=None)``: mmpretrain's dense ``VisionTransformer`` path.
+      Unlike ``MAEViT``, whose default ``forward(x)`` (``mask=True``) masks at random, the default
+      here is dense: LocalMIM draws its masks itself and passes them in. ``mask=True`` / ``False``
+      (MAEViT's call style) is a ValueError.
     * ``forward(x, mask=mask)`` with ``mask`` (B, L) bool, True = masked, the same number of
       visible patches in every row: MAE's encoder on the visible patches (patch embedding, fixed
       sin-cos position, visible patches kept in ascending raster order, cls token prepended,
@@ -37,7 +41,15 @@ class LocalMIMMAEViT(MAEViT):
 
     It equals ``MAEViT``'s own masked forward up to the order of the visible tokens (MAE keeps
     them in noise order), which attention does not see (tested).
+
+    Pretrained weights (``init_cfg=dict(type='Pretrained', ...)``) load strictly
+    (:class:`~greenmim_mm.models.backbones.pretrained.StrictPretrainedMixin`), after MAEViT's own
+    initialisation (which would otherwise overwrite the loaded position embedding, patch
+    embedding and cls token); a final norm ``ln1`` may be absent from the file (kept) or present
+    without one here (ignored).
     """
+    OPTIONAL_MISSING = (r'ln1\.(weight|bias)', )
+    OPTIONAL_UNEXPECTED = (r'ln1\.(weight|bias)', )
 
     def forward(self, x: torch.Tensor,
                 mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, ...]:
@@ -46,9 +58,14 @@ class LocalMIMMAEViT(MAEViT):
         return self.forward_visible(x, mask)
 
     def forward_visible(self, x: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """x (B, 3, H, W), mask (B, L) bool -> tuple of (B, 1 + N_vis, C) per out index."""
+        """x (B, 3, H, W), mask (B, L) bool -> tuple of (B, 1 + N_vis, C) per out index.
+        ValueError for a mask that is not a (B, L) bool tensor (e.g. MAEViT's ``mask=True``)."""
         x = self.patch_embed(x)[0] + self.pos_embed[:, 1:, :]
         b, num, dims = x.shape
+        if not isinstance(mask, torch.Tensor):
+            raise ValueError(f'mask must be a ({b}, {num}) bool tensor (True = masked); got '
+                             f'{mask!r}: LocalMIMMAEViT does not draw masks (MAEViT\'s '
+                             'mask=True); pass mask=None for the dense path')
         if mask.dtype != torch.bool or tuple(mask.shape) != (b, num):
             raise ValueError(f'mask must be a ({b}, {num}) bool tensor (True = masked); got '
                              f'{mask.dtype} {tuple(mask.shape)}')

@@ -93,9 +93,22 @@ class StrictPretrainedMixin:
 
 
 def _as_list(init_cfg) -> List[dict]:
-    if not init_cfg:
+    """``init_cfg`` as a list of dicts.
+
+    Raises:
+        TypeError: anything but None, a dict or a list/tuple of dicts (an int, a bare checkpoint
+            path, a list of paths), as mmengine's ``initialize`` refuses a non-dict config
+            (mmpretrain's own backbones fail there with a TypeError or a bare assertion).
+    """
+    if init_cfg is None:
         return []
-    return list(init_cfg) if isinstance(init_cfg, (list, tuple)) else [init_cfg]
+    cfgs = list(init_cfg) if isinstance(init_cfg, (list, tuple)) else [init_cfg]
+    bad = [c for c in cfgs if not isinstance(c, dict)]
+    if bad:
+        raise TypeError(f'init_cfg must be a dict or a list of dicts, e.g. '
+                        f"dict(type='Pretrained', checkpoint=PATH, prefix='backbone.'); got "
+                        f'{init_cfg!r} ({type(bad[0]).__name__} {bad[0]!r} is not a dict)')
+    return cfgs
 
 
 def _matches(key: str, patterns: Sequence[str]) -> bool:

@@ -174,6 +174,7 @@ class MAEGridDecoder(GridPlacement):
                  norm_cfg: dict = dict(type='LN', eps=1e-6), init_cfg: Optional[dict] = None):
         super().__init__(embed_dims, init_cfg=init_cfg)
         self.pred_dims = int(pred_dims)
+        self.in_channels = int(in_channels)
         self.decoder_embed = nn.Linear(in_channels, embed_dims, bias=True)
         self.decoder_blocks = nn.ModuleList([
             TransformerEncoderLayer(embed_dims, num_heads, int(mlp_ratio * embed_dims),

@@ -57,6 +57,7 @@ class LinearUnitDecoder(GridPlacement):
                  init_cfg: Optional[dict] = None):
         super().__init__(in_channels, init_cfg=init_cfg)
         self.unit = int(unit)
+        self.in_channels = int(in_channels)
         self.decoder_pred = nn.Linear(in_channels, self.unit**2 * in_chans, bias=True)
 
     def forward(self, latent: torch.Tensor, mask: torch.Tensor,

@@ -17,10 +17,12 @@ SCALES = (4.0, 2.0, 1.0, 0.5)
 
 def rescale_layers(scale: float, dims: int) -> nn.Sequential:
     """LocalMIM's official code: x4 two 2x2 deconvolutions (dims -> dims/2, channel
-    LayerNorm, GELU, -> dims/4), x2 one (dims -> dims/2), x1 nothing, x0.5 2x2 average pool."""
+    LayerNorm with eps 1e-6 as the official one, GELU, -> dims/4), x2 one (dims -> dims/2), x1
+    nothing, x0.5 2x2 average pool."""
     if scale == 4:
-        return nn.Sequential(nn.ConvTranspose2d(dims, dims // 2, 2, 2), LayerNorm2d(dims // 2),
-                             nn.GELU(), nn.ConvTranspose2d(dims // 2, dims // 4, 2, 2))
+        return nn.Sequential(nn.ConvTranspose2d(dims, dims // 2, 2, 2),
+                             LayerNorm2d(dims // 2, eps=1e-6), nn.GELU(),
+                             nn.ConvTranspose2d(dims // 2, dims // 4, 2, 2))
     if scale == 2:
         return nn.Sequential(nn.ConvTranspose2d(dims, dims // 2, 2, 2))
     if scale == 1:
@@ -55,6 +57,7 @@ class LocalMIMViTDecoder(BaseModule):
             raise ValueError(f'embed_dims must be divisible by 4; got {embed_dims}')
         self.scale = float(scale)
         self.pred_dims = int(pred_dims)
+        self.in_channels = int(in_channels)
         self.rescale = rescale_layers(self.scale, embed_dims)
         out_dims = {4.0: embed_dims // 4, 2.0: embed_dims // 2}.get(self.scale, embed_dims)
         self.in_norm = build_norm_layer(norm_cfg, in_channels)[1]

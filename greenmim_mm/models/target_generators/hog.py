@@ -81,9 +81,15 @@ class LocalMIMHOGGenerator(HOGGenerator):
 
     def _bins(self, gx: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
         """floor(atan2(gx, gy) / pi * nbins) mod nbins, in fp32 (small integers, exact): the
-        same float operations in the same order as the plain expression, in place."""
+        same float operations in the same order as the plain expression, in place.
+
+        A NaN orientation (non-finite input) goes to bin 0 instead of becoming int64's minimum
+        as an index (an out-of-bounds scatter): its magnitude is NaN or inf, so the histogram,
+        the target and the loss are NaN and the run stops with ``NonFiniteLossError``, with no
+        host synchronisation here."""
         angle = torch.atan2(gx, gy)
-        return angle.div_(math.pi).mul_(self.nbins).floor_().remainder_(self.nbins)
+        angle.div_(math.pi).mul_(self.nbins).floor_().remainder_(self.nbins)
+        return angle.nan_to_num_(0.)
 
     def _cell_offsets(self, height: int, width: int, device) -> torch.Tensor:
         """(H, W) int64: nbins x the raster index of each pixel's cell (cached per size)."""
