@@ -93,6 +93,46 @@ def test_demo_lazyconfig_trains_with_detectrons_own_lazy_trainer(demo_data_facto
     assert (out / 'model_final.pth').is_file()
 
 
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f'echo PWNED > {self.marker}', ))
+
+
+@pytest.mark.parametrize('eval_only', [False, True], ids=['train', 'eval-only'])
+def test_lazyconfig_route_never_unpickles_an_init_checkpoint(demo_data_factory, tmp_path,
+                                                            eval_only):
+    """Issue 19.2: the README's LazyConfig command with ``train.init_checkpoint=evil.pkl``
+    (detectron2's DetectionCheckpointer would ``pickle.load`` it: the marker file appeared,
+    rc 0) is refused with one error line, before any training, and the payload never runs."""
+    import pickle
+    import subprocess
+    import sys
+    root = demo_data_factory('d2_evil', train_per_class=1, val_per_class=1, det_train=2,
+                             det_val=1)
+    marker = tmp_path / 'marker'
+    evil = tmp_path / 'evil.pkl'
+    evil.write_bytes(pickle.dumps({'model': _RunsCode(str(marker)), '__author__': 'x'}))
+    out = tmp_path / 'out'
+    run = subprocess.run(
+        [sys.executable, '-m', 'tools.lazyconfig_train_net', '--config-file', NANO_LAZY,
+         *(['--eval-only'] if eval_only else []), f'train.init_checkpoint={evil}',
+         'train.max_iter=2', f'train.output_dir={out}', 'dataloader.train.total_batch_size=2',
+         f'dataloader.train.dataset.coco_root={osp.join(root, "coco")}'],
+        capture_output=True, text=True, timeout=900)
+    assert not marker.exists(), 'the pickled payload ran'
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert 'Traceback' not in run.stderr, run.stderr[-3000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last == (f'lazyconfig_train_net.py: error: {evil}: detectron2 model-zoo pickles '
+                    '(.pkl) are not loaded here; give a converted greenmim_mm backbone or a '
+                    'detectron2 .pth checkpoint')
+    assert not (out / 'model_final.pth').exists()
+
+
 def test_train_tool_logs_greenmim_messages_to_the_output_dir(demo_data_factory, tmp_path):
     """``norm0``-``norm2`` missing from a converted checkpoint are reported by greenmim_mm's
     logger: the train tool now sends it to the console and OUTPUT_DIR/log.txt, as detectron2's."""
