@@ -151,3 +151,41 @@ def test_train_tool_logs_greenmim_messages_to_the_output_dir(demo_data_factory, 
     for handler in logging.getLogger('greenmim_mm').handlers:
         handler.flush()
     assert 'marker 1234' in (tmp_path / 'log.txt').read_text()
+
+
+def test_train_tool_known_failures_are_one_error_line(demo_data_factory, tmp_path):
+    """Issue 19.7: tools/train_detectron2.py ends each known failure with one line (a
+    ``SystemExit`` message: exit status 1, no traceback) naming the problem."""
+    import importlib.util
+    import pickle
+    import re
+    from d2_utils import REPO
+    spec = importlib.util.spec_from_file_location(
+        'train_detectron2_errors', osp.join(REPO, 'tools', 'train_detectron2.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    root = osp.join(demo_data_factory('d2_err', train_per_class=1, val_per_class=1, det_train=1,
+                                      det_val=1), 'coco')
+    evil = tmp_path / 'evil.pkl'
+    evil.write_bytes(pickle.dumps({'model': {}}))
+    out = ['OUTPUT_DIR', str(tmp_path / 'out'), 'MODEL.DEVICE', 'cpu']
+    cases = {
+        'missing config': (['--config-file', str(tmp_path / 'nope.yaml')],
+                           r"nope\.yaml: Config file '.*nope\.yaml' does not exist"),
+        'unknown key': (['--config-file', NANO_YAML, 'FOO', '1'], r'Non-existent key: FOO'),
+        'missing demo data': (['--config-file', NANO_YAML, '--demo-root', str(tmp_path / 'no')],
+                              r'no/annotations/instances_train\.json not found'),
+        'missing weights': (['--config-file', NANO_YAML, '--demo-root', root, '--eval-only',
+                             *out, 'MODEL.WEIGHTS', str(tmp_path / 'nope.pth')],
+                            r'MODEL\.WEIGHTS not found: .*nope\.pth'),
+        'pickled weights': (['--config-file', NANO_YAML, '--demo-root', root, '--eval-only',
+                             *out, 'MODEL.WEIGHTS', str(evil)],
+                            r'evil\.pkl: detectron2 model-zoo pickles \(\.pkl\) are not loaded'),
+    }
+    for name, (argv, pattern) in cases.items():
+        with pytest.raises(SystemExit) as exit_:
+            tool.run(tool.parse_args(argv))
+        message = exit_.value.code
+        assert isinstance(message, str) and message.startswith('train_detectron2: error: '), \
+            (name, message)
+        assert '\n' not in message and re.search(pattern, message), (name, message)
