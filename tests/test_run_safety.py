@@ -212,6 +212,28 @@ def test_exploding_finite_weights_never_become_last_good(tmp_path):
     assert not (work / 'last_checkpoint').exists()
 
 
+class InfLossToy(Toy):
+    """Toy whose loss gets a detached +inf term: finite gradients and weights, non-finite loss
+    (what fp16 AMP leaves when its loss scaler skips the step)."""
+
+    def forward(self, inputs, labels, mode='tensor'):
+        out = super().forward(inputs, labels, mode)
+        if mode == 'loss':
+            out['loss'] = out['loss'] + torch.tensor(float('inf'))
+        return out
+
+
+def test_checkpoint_after_a_non_finite_loss_is_not_written(tmp_path):
+    work = tmp_path / 'work'
+    runner = toy_runner(work, epochs=2, name='infloss')
+    runner.model = InfLossToy()
+    with pytest.raises(NonFiniteWeightsError, match=r'Non-finite loss \(loss\) at iteration 1, the '
+                       r'last iteration before a save.*\(lr 0\.05\)'):
+        runner.train()
+    assert all(torch.isfinite(p).all() for p in runner.model.parameters())
+    assert not list(work.glob('*.pth')) and not (work / 'last_checkpoint').exists()
+
+
 def test_last_checkpoint_follows_a_finite_next_iteration_and_the_end(tmp_path):
     work = tmp_path / 'work'
     toy_runner(work, epochs=2, name='ok', hook=dict(max_keep_ckpts=1)).train()
