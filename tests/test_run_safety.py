@@ -234,6 +234,29 @@ def test_checkpoint_after_a_non_finite_loss_is_not_written(tmp_path):
     assert not list(work.glob('*.pth')) and not (work / 'last_checkpoint').exists()
 
 
+def test_demo_sgd_at_lr_1e38_names_the_lr_and_keeps_no_last_good(tmp_path, demo_data_factory):
+    """The issue's repro on the GreenMIM demo: SGD at lr 1e38, one iteration per epoch.
+    epoch_1.pth (finite, exploding weights) was saved and named by last_checkpoint; iteration 2
+    stopped with a non-finite loss that did not name the lr."""
+    from greenmim_mm import launch
+    from greenmim_mm.engine import NonFiniteLossError
+    data = demo_data_factory('sgd_1e38', train_per_class=1, val_per_class=1)
+    cfg = tmp_path / 'sgd.py'
+    cfg.write_text(f"_base_ = [{DEMO_CFG!r}]\n"
+                   "optim_wrapper = dict(_delete_=True, type='OptimWrapper', "
+                   "optimizer=dict(type='SGD', lr=1e38))\n"
+                   "param_scheduler = []\n"
+                   "train_cfg = dict(max_epochs=3)\n"
+                   f"train_dataloader = dict(batch_size=64, dataset=dict(data_root={data!r}))\n")
+    work = tmp_path / 'work'
+    with pytest.raises(NonFiniteLossError, match=r'iteration 2 .*lr 1e\+38'):
+        launch.main_train([str(cfg), '--work-dir', str(work)])
+    weights = torch.load(work / 'epoch_1.pth', weights_only=True)['state_dict']
+    peak = max(float(v.abs().max()) for v in weights.values() if v.is_floating_point())
+    assert 1e30 < peak < float('inf')
+    assert not (work / 'last_checkpoint').exists()
+
+
 def test_last_checkpoint_follows_a_finite_next_iteration_and_the_end(tmp_path):
     work = tmp_path / 'work'
     toy_runner(work, epochs=2, name='ok', hook=dict(max_keep_ckpts=1)).train()
