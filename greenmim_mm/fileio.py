@@ -1,10 +1,10 @@
 """Atomic file writing: a file appears under its name complete, or not at all.
 
 Every file greenmim_mm writes (training checkpoints, ``last_checkpoint``, converted weights) goes
-to a temporary file in the destination's directory (``.<name>.greenmim_mm-tmp-<pid>-<random>.partial``:
-a name no user file has, with the writer's pid), is flushed and
-``fsync``-ed, then renamed over the destination with ``os.replace`` (atomic on POSIX within one
-file system) and the directory is ``fsync``-ed. A crash or kill at any moment leaves either the old
+to a temporary file in the destination's directory
+(``.<name>.greenmim_mm-tmp-<pid>-<random>.partial``: a name no user file has, with the writer's
+pid), is flushed and ``fsync``-ed, then renamed over the destination with ``os.replace`` (atomic
+on POSIX within one file system) and the directory is ``fsync``-ed. A crash or kill at any moment leaves either the old
 file or the new one under the name, never a partial one; a failed write (full disk) removes its
 temporary file and leaves the old file intact. ``AtomicLocalBackend`` brings this to mmengine's
 file I/O (``backend_args=dict(backend='greenmim_mm_atomic_local')``), which

@@ -85,27 +85,21 @@ def build_model(cfg: Config, checkpoint: str, device: str) -> torch.nn.Module:
     Raises:
         VisualizationInputError: weights missing from the checkpoint, not in the model or of
             another shape (named, one line).
+        CheckpointLoadError: the file is refused, unreadable or holds no state dict.
     """
     import greenmim_mm  # noqa: F401  (registers everything, applies the compat patches)
-    from greenmim_mm.models.backbones.pretrained import (PretrainedLoadError, describe_problems,
-                                                         load_collecting, select_state_dict)
+    from greenmim_mm.engine.checkpoint_hook import load_and_describe_misfit
     from greenmim_mm.registry import MODELS
     model_cfg = cfg.model.copy()
     if cfg.get('data_preprocessor') is not None:
         model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
     model = MODELS.build(model_cfg)
-    try:
-        state_dict = select_state_dict(_load_checkpoint(checkpoint, map_location='cpu'),
-                                       checkpoint, None)
-    except PretrainedLoadError as err:
-        raise VisualizationInputError(str(err)) from None
-    missing, unexpected, mismatched = load_collecting(model, state_dict)
-    problems = describe_problems(missing, mismatched, unexpected)
+    problems = load_and_describe_misfit(
+        model, _load_checkpoint(checkpoint, map_location='cpu'), checkpoint)
     if problems:
         raise VisualizationInputError(
             f'{checkpoint} does not fit the config\'s model ({type(model).__name__}): {problems}')
     return model.to(device).eval()
-
 
 
 def eval_pipeline(img_size: int) -> List[dict]:

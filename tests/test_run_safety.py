@@ -42,9 +42,9 @@ def toy_runner(work_dir, epochs=2, optimizer=None, width=1, name='', **kwargs):
     hook = kwargs.pop('hook', {})
     return Runner(
         model=Toy(width), work_dir=str(work_dir),
-        train_dataloader=dict(dataset=ToyDataset(), sampler=dict(type='DefaultSampler',
-                                                                 shuffle=False),
-                              batch_size=16, num_workers=0, collate_fn=dict(type='default_collate')),
+        train_dataloader=dict(dataset=ToyDataset(),
+                              sampler=dict(type='DefaultSampler', shuffle=False), batch_size=16,
+                              num_workers=0, collate_fn=dict(type='default_collate')),
         optim_wrapper=dict(optimizer=optimizer or dict(type='SGD', lr=0.05)),
         train_cfg=dict(by_epoch=True, max_epochs=epochs),
         default_hooks=dict(checkpoint=dict(type='SafeCheckpointHook', interval=1, **hook)),

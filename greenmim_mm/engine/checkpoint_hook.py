@@ -124,19 +124,10 @@ class SafeCheckpointHook(CheckpointHook):
         self._check_fits_model(runner, checkpoint)
 
     def _check_fits_model(self, runner, checkpoint: dict) -> None:
-        """Load the weights as the model's own ``load_state_dict`` does and refuse (strict) or
-        log (``strict_load=False``) missing, unexpected and mis-shaped keys."""
-        from ..models.backbones.pretrained import (PretrainedLoadError, describe_problems,
-                                                   load_collecting, select_state_dict)
+        """Refuse (strict) or log (``strict_load=False``) a checkpoint that does not fit."""
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         name = _checkpoint_name(runner)
-        try:
-            state_dict = select_state_dict(checkpoint, name, None)
-        except PretrainedLoadError as err:
-            raise CheckpointMismatchError(str(err)) from None
-        missing, unexpected, mismatched = load_collecting(model, state_dict)
-        missing = [k for k in missing if not k.endswith('num_batches_tracked')]
-        problems = describe_problems(missing, mismatched, unexpected)
+        problems = load_and_describe_misfit(model, checkpoint, name)
         if not problems:
             return
         if self.strict_load:
@@ -232,6 +223,26 @@ class SafeCheckpointHook(CheckpointHook):
 
 
 # ---------------------------------------------------------------------------- checks
+def load_and_describe_misfit(model: torch.nn.Module, checkpoint, name: str) -> str:
+    """Load ``checkpoint``'s weights (its ``state_dict``, or itself; ``module.`` stripped) into
+    ``model`` as ``load_state_dict`` does (the modules' own ``_load_from_state_dict``, so older
+    layouts they convert still fit), copying every tensor that fits; return one line naming the
+    missing, unexpected and mis-shaped keys ('' when everything fits).
+
+    Raises:
+        CheckpointMismatchError: ``checkpoint`` (from file ``name``) holds no state dict.
+    """
+    from ..models.backbones.pretrained import (PretrainedLoadError, describe_problems,
+                                               load_collecting, select_state_dict)
+    try:
+        state_dict = select_state_dict(checkpoint, name, None)
+    except PretrainedLoadError as err:
+        raise CheckpointMismatchError(str(err)) from None
+    missing, unexpected, mismatched = load_collecting(model, state_dict)
+    missing = [k for k in missing if not k.endswith('num_batches_tracked')]  # as mmengine's
+    return describe_problems(missing, mismatched, unexpected)
+
+
 def training_dtype(runner) -> torch.dtype:
     """The dtype the forward casts parameters to: AMP's ``cast_dtype`` (autocast's default,
     fp16 on CUDA and bf16 on the CPU, when unset), else float32."""

@@ -1,4 +1,6 @@
-"""One live training run per work dir: an OS lock (``fcntl.flock``) on ``<work_dir>/.greenmim_mm.lock``.
+"""One live training run per work dir: an OS lock (``fcntl.flock``) on
+``<work_dir>/.greenmim_mm.lock``.
+
 
 Two runs writing one work dir silently lose data: both save ``epoch_N.pth`` under the same names,
 rewrite ``last_checkpoint``, remove each other's old checkpoints (``max_keep_ckpts``), and the
