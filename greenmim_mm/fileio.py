@@ -7,8 +7,8 @@ pid), is flushed and ``fsync``-ed, then renamed over the destination with ``os.r
 on POSIX within one file system) and the directory is ``fsync``-ed. A crash or kill at any moment
 leaves either the old file or the new one under the name, never a partial one; a failed write
 (full disk) removes its temporary file and leaves the old file intact. ``AtomicLocalBackend``
-brings this to mmengine's file I/O (``backend_args=dict(backend='greenmim_mm_atomic_local')``), which
-:class:`greenmim_mm.engine.SafeCheckpointHook` uses for every checkpoint it saves.
+brings this to mmengine's file I/O (``backend_args=dict(backend='greenmim_mm_atomic_local')``),
+which :class:`greenmim_mm.engine.SafeCheckpointHook` uses for every checkpoint it saves.
 """
 import contextlib
 import io
