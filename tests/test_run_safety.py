@@ -291,3 +291,21 @@ def test_weights_must_fit_the_training_dtype(dtype, value, bad):
             check_weights_in_range(state, {'a.weight'}, dtype, 5, 'lr 0.1')
     else:
         check_weights_in_range(state, {'a.weight'}, dtype, 5, 'lr 0.1')
+
+
+def test_training_dtype_is_amps_cast_dtype():
+    """mmengine's AmpOptimWrapper autocasts to ``cast_dtype`` (autocast's default when None:
+    fp16 on CUDA, bf16 on the CPU); a plain OptimWrapper trains in fp32."""
+    from types import SimpleNamespace
+
+    from mmengine.optim import AmpOptimWrapper, OptimWrapper
+
+    from greenmim_mm.engine.checkpoint_hook import training_dtype
+    amp = AmpOptimWrapper.__new__(AmpOptimWrapper)  # its constructor needs a GPU
+    amp.cast_dtype = torch.bfloat16
+    assert training_dtype(SimpleNamespace(optim_wrapper=amp)) is torch.bfloat16
+    amp.cast_dtype = None
+    default = torch.get_autocast_dtype('cuda' if torch.cuda.is_available() else 'cpu')
+    assert training_dtype(SimpleNamespace(optim_wrapper=amp)) is default
+    plain = OptimWrapper.__new__(OptimWrapper)
+    assert training_dtype(SimpleNamespace(optim_wrapper=plain)) is torch.float32
