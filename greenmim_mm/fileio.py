@@ -1,13 +1,14 @@
 """Atomic file writing: a file appears under its name complete, or not at all.
 
 Every file greenmim_mm writes (training checkpoints, ``last_checkpoint``, converted weights) goes
-to a temporary file in the destination's directory (``.<name>.<random>.partial``), is flushed and
-``fsync``-ed, then renamed over the destination with ``os.replace`` (atomic on POSIX within one
-file system) and the directory is ``fsync``-ed. A crash or kill at any moment leaves either the old
-file or the new one under the name, never a partial one; a failed write (full disk) removes its
-temporary file and leaves the old file intact. ``AtomicLocalBackend`` brings this to mmengine's
-file I/O (``backend_args=dict(backend='greenmim_mm_atomic_local')``), which
-:class:`greenmim_mm.engine.SafeCheckpointHook` uses for every checkpoint it saves.
+to a temporary file in the destination's directory
+(``.<name>.greenmim_mm-tmp-<pid>-<random>.partial``: a name no user file has, with the writer's
+pid), is flushed and ``fsync``-ed, then renamed over the destination with ``os.replace`` (atomic
+on POSIX within one file system) and the directory is ``fsync``-ed. A crash or kill at any moment
+leaves either the old file or the new one under the name, never a partial one; a failed write
+(full disk) removes its temporary file and leaves the old file intact. ``AtomicLocalBackend``
+brings this to mmengine's file I/O (``backend_args=dict(backend='greenmim_mm_atomic_local')``),
+which :class:`greenmim_mm.engine.SafeCheckpointHook` uses for every checkpoint it saves.
 """
 import contextlib
 import io
@@ -22,7 +23,9 @@ from mmengine.fileio import LocalBackend, register_backend
 
 PARTIAL_SUFFIX = '.partial'
 ATOMIC_BACKEND = 'greenmim_mm_atomic_local'
-_PARTIAL_NAME = re.compile(r'^\..+\.[A-Za-z0-9_]+' + re.escape(PARTIAL_SUFFIX) + '$')
+PARTIAL_TAG = 'greenmim_mm-tmp'
+_PARTIAL_NAME = re.compile(r'^\..+\.' + re.escape(PARTIAL_TAG) + r'-(\d+)-[A-Za-z0-9_]+'
+                           + re.escape(PARTIAL_SUFFIX) + '$')
 
 
 def _umask() -> int:
@@ -53,8 +56,8 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[io.BufferedWrit
     """
     path = os.fspath(path)
     directory = osp.dirname(osp.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.', suffix=PARTIAL_SUFFIX,
-                               dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.{PARTIAL_TAG}-{os.getpid()}-',
+                               suffix=PARTIAL_SUFFIX, dir=directory)
     try:
         os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, 'wb') as f:
@@ -91,10 +94,30 @@ def atomic_torch_save(obj, path: Union[str, os.PathLike]) -> None:
 
 
 def partial_files(directory: str) -> List[str]:
-    """Temporary files :func:`atomic_write` left in ``directory`` (a process killed mid-write)."""
+    """The temporary files of :func:`atomic_write` in ``directory`` (writes in progress, and
+    those a process killed mid-write left), by their name only greenmim_mm gives."""
     if not osp.isdir(directory):
         return []
     return sorted(osp.join(directory, n) for n in os.listdir(directory) if _PARTIAL_NAME.match(n))
+
+
+def stale_partial_files(directory: str) -> List[str]:
+    """:func:`partial_files` whose writer is dead: no process of this host has the pid in the
+    name (a file of a live writer, e.g. a converter writing into the work dir, is kept)."""
+    return [p for p in partial_files(directory)
+            if not _pid_alive(int(_PARTIAL_NAME.match(osp.basename(p)).group(1)))]
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 @register_backend(ATOMIC_BACKEND, force=True)

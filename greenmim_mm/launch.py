@@ -43,6 +43,9 @@ def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace
                         'work dir when no path is given')
     parser.add_argument('--amp', action='store_true', help='mixed-precision training')
     parser.add_argument('--no-validate', action='store_true', help='skip validation')
+    parser.add_argument('--partial-load', action='store_true',
+                        help='load_from / --resume: load the weights that fit and log the '
+                        'missing, unexpected and mis-shaped ones (default: refuse the checkpoint)')
     return parse_common(parser, argv)
 
 
@@ -88,6 +91,8 @@ def configure_training(args: argparse.Namespace) -> Tuple[Config, Optional[str]]
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
     note = resolve_resume(cfg, args.resume)
+    if getattr(args, 'partial_load', False):
+        cfg.default_hooks.checkpoint.strict_load = False
     if args.no_validate:
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     return cfg, note
@@ -164,9 +169,15 @@ def main_train(argv: Optional[Sequence[str]] = None):
     from mmengine.runner import Runner
 
     from greenmim_mm.checkpoint_loading import CheckpointLoadError
+    from greenmim_mm.engine import NonFiniteLossError, WorkDirBusyError
+    from greenmim_mm.engine.checkpoint_hook import learning_rate_text
+    from greenmim_mm.engine.work_dir_lock import lock_work_dir
+    runner = None
     try:
         cfg, note = configure_training(parse_train_args(argv))
-    except FileNotFoundError as err:
+        if int(os.environ.get('RANK', '0')) == 0:
+            lock_work_dir(cfg.work_dir)  # before the Runner writes anything there
+    except (FileNotFoundError, WorkDirBusyError) as err:
         raise SystemExit(f'train: error: {err}')
     setup_cpu_distributed(cfg)
     try:
@@ -176,6 +187,10 @@ def main_train(argv: Optional[Sequence[str]] = None):
         runner.train()
     except CheckpointLoadError as err:  # a refused or unreadable checkpoint: one line, exit 1
         raise SystemExit(f'train: error: {err}')
+    except NonFiniteLossError as err:  # diverged: the message names the lr
+        if runner is not None and '(lr ' not in str(err):
+            err.args = (f'{err} ({learning_rate_text(runner)})', )
+        raise
     return runner
 
 

@@ -23,8 +23,8 @@ from PIL import Image
 
 from greenmim_mm.models.target_generators import LocalMIMHOGGenerator, PixelTargetGenerator
 from greenmim_mm.models.utils import denormalize_units, patchify, unpatchify
-from greenmim_mm.visualization import (GREY, add_arguments, build_model, compose_grid, load_batch,
-                                       to_uint8)
+from greenmim_mm.visualization import (GREY, VisualizationInputError, add_arguments, build_model,
+                                       compose_grid, load_batch, one_line_errors, to_uint8)
 
 
 def hog_glyphs(gen: LocalMIMHOGGenerator, cells: torch.Tensor, img_hw) -> np.ndarray:
@@ -89,8 +89,20 @@ def parse_args(argv=None):
 @torch.no_grad()
 def visualize(cfg: Config, checkpoint: str, num: int = 4, data_root=None, seed: int = 0,
               device: str = 'cpu') -> Image.Image:
-    """The picture grid (a PIL image) of ``num`` training images for a LocalMIM checkpoint."""
+    """The picture grid (a PIL image) of ``num`` training images for a LocalMIM checkpoint.
+
+    Raises:
+        VisualizationInputError: the config's model is not a LocalMIM model, or the checkpoint
+            does not fit it.
+    """
     init_default_scope(cfg.get('default_scope', 'greenmim_mm'))
+    from greenmim_mm.registry import MODELS
+    model_type = cfg.model.get('type')
+    cls = model_type if isinstance(model_type, type) else MODELS.get(model_type)
+    if not hasattr(cls or object, 'predict_heads'):
+        raise VisualizationInputError(
+            f'{cfg.filename}: model type {model_type} is not a LocalMIM model (no per-stage '
+            'heads to draw); draw GreenMIM reconstructions with tools/visualize_reconstruction.py')
     model = build_model(cfg, checkpoint, device)
     img_size = int(cfg.model.backbone.get('img_size', 224))
     data = model.data_preprocessor(load_batch(cfg, num, img_size, data_root), False)
@@ -104,7 +116,8 @@ def visualize(cfg: Config, checkpoint: str, num: int = 4, data_root=None, seed: 
 
 def main(argv=None):
     args = parse_args(argv)
-    picture = visualize(Config.fromfile(args.config), args.checkpoint, args.num, args.data_root,
-                        args.seed, args.device)
-    picture.save(args.out)
+    with one_line_errors('visualize_localmim'):
+        picture = visualize(Config.fromfile(args.config), args.checkpoint, args.num,
+                            args.data_root, args.seed, args.device)
+        picture.save(args.out)
     print(f'{args.out}: {picture.size[0]}x{picture.size[1]} px')

@@ -11,16 +11,35 @@ With norm-pix targets the predictions are de-standardised with the original unit
 (MAE's demo does the same). The grid is ``torchvision.utils.make_grid`` with white gutters.
 """
 import argparse
-from typing import List, Tuple
+import contextlib
+from typing import Iterator, List, Tuple
 
 import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.dataset import default_collate
 from mmengine.registry import init_default_scope
-from mmengine.runner import load_checkpoint
+from mmengine.runner.checkpoint import _load_checkpoint
 from PIL import Image
 from torchvision.utils import make_grid
+
+class VisualizationInputError(ValueError):
+    """A config, checkpoint or option the picture tools cannot use; the message names it."""
+
+
+@contextlib.contextmanager
+def one_line_errors(prog: str) -> Iterator[None]:
+    """The picture tools' known failures as ``SystemExit('<prog>: error: ...')`` (one line on
+    stderr, exit status 1, no traceback): refused or unreadable checkpoints, weights that do not
+    fit, missing files and folders (config, checkpoint, data, output folder), a config of
+    another algorithm. Anything else keeps its traceback (a bug)."""
+    from greenmim_mm.checkpoint_loading import CheckpointLoadError
+    try:
+        yield
+    except (CheckpointLoadError, VisualizationInputError, FileNotFoundError, NotADirectoryError,
+            IsADirectoryError, PermissionError) as err:
+        raise SystemExit(f'{prog}: error: ' + ' '.join(str(err).split())) from None
+
 
 GREY = 128
 PAD = 2  # px of white gutter around every image
@@ -60,15 +79,26 @@ def parse_args(argv=None):
 
 
 def build_model(cfg: Config, checkpoint: str, device: str) -> torch.nn.Module:
-    """The config's model (top-level data_preprocessor merged as the Runner does) with the
-    checkpoint's weights (greenmim_mm's safe loader, through mmengine), in eval mode."""
+    """The config's model (top-level data_preprocessor merged as the Runner does) with every
+    weight of the checkpoint (greenmim_mm's safe loader, through mmengine), in eval mode.
+
+    Raises:
+        VisualizationInputError: weights missing from the checkpoint, not in the model or of
+            another shape (named, one line).
+        CheckpointLoadError: the file is refused, unreadable or holds no state dict.
+    """
     import greenmim_mm  # noqa: F401  (registers everything, applies the compat patches)
+    from greenmim_mm.engine.checkpoint_hook import load_and_describe_misfit
     from greenmim_mm.registry import MODELS
     model_cfg = cfg.model.copy()
     if cfg.get('data_preprocessor') is not None:
         model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
     model = MODELS.build(model_cfg)
-    load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    problems = load_and_describe_misfit(
+        model, _load_checkpoint(checkpoint, map_location='cpu'), checkpoint)
+    if problems:
+        raise VisualizationInputError(
+            f'{checkpoint} does not fit the config\'s model ({type(model).__name__}): {problems}')
     return model.to(device).eval()
 
 
@@ -144,14 +174,11 @@ def visualize(cfg: Config, checkpoint: str, num: int = 8, data_root=None, seed: 
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = Config.fromfile(args.config)
-    from greenmim_mm.checkpoint_loading import CheckpointLoadError
-    try:
+    with one_line_errors('visualize_reconstruction'):
+        cfg = Config.fromfile(args.config)
         grid, mask = visualize(cfg, args.checkpoint, args.num, args.data_root, args.seed,
                                args.device)
-    except CheckpointLoadError as err:  # a refused or unreadable checkpoint: one line, exit 1
-        raise SystemExit(f'visualize_reconstruction: error: {err}')
-    grid.save(args.out)
+        grid.save(args.out)
     print(f'{args.out}: {grid.size[0]}x{grid.size[1]} px, {int(mask.sum())}/{mask.numel()} '
           'units masked')
 

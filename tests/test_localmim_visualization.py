@@ -49,3 +49,40 @@ def test_tool_draws_every_head(demo_data_factory, tmp_path):
     from PIL import Image
     picture = Image.open(out)
     assert picture.size == (2 * (128 + 2) + 2, (2 + 2 * 4) * (128 + 2) + 2)
+
+
+def test_tool_known_failures_are_one_error_line(demo_data_factory, tmp_path):
+    """Issue 19.7: each known failure of tools/visualize_localmim.py is one line naming the
+    problem and exit status 1 (SystemExit with a message), no traceback."""
+    from test_checkpoint_loading import run_tool
+    data = demo_data_factory('lm_vis_err', train_per_class=1, val_per_class=1)
+    cfg = Config.fromfile(DEMO_CFG)
+    cfg.model.backbone.arch = dict(embed_dims=32, depths=[1, 1, 1, 1], num_heads=[2, 4, 4, 8])
+    ckpt, cfg_file = str(tmp_path / 'm.pth'), str(tmp_path / 'cfg.py')
+    torch.save(dict(state_dict=MODELS.build(cfg.model).state_dict()), ckpt)
+    cfg.dump(cfg_file)
+    other = str(tmp_path / 'other.pth')  # the demo's own architecture: depths 2-2-2-2
+    torch.save(dict(state_dict=MODELS.build(Config.fromfile(DEMO_CFG).model).state_dict()),
+               other)
+    greenmim_cfg = osp.join(ROOT, 'configs', 'pretrain', 'greenmim_swin-nano_demo_128px.py')
+    tool = 'tools/visualize_localmim.py'
+    ok = ['--data-root', data, '--num', '1', '--out', str(tmp_path / 'x.png')]
+    cases = {
+        'missing config': ([str(tmp_path / 'nope.py'), ckpt, *ok], r'nope\.py'),
+        'missing checkpoint': ([cfg_file, str(tmp_path / 'nope.pth'), *ok], r'nope\.pth'),
+        'another architecture': ([cfg_file, other, *ok],
+                                 r'other\.pth does not fit the config\'s model \(LocalMIM\): '
+                                 r'\d+ not in the model: backbone\.stages\.0\.blocks\.1\.'),
+        'GreenMIM config': ([greenmim_cfg, ckpt, *ok], r'model type GreenMIM is not a LocalMIM '
+                            r'model .* tools/visualize_reconstruction\.py'),
+        'missing data': ([cfg_file, ckpt, *ok[2:], '--data-root', str(tmp_path / 'nodata')],
+                         r'nodata'),
+        'missing output folder': ([cfg_file, ckpt, *ok[:4], '--out',
+                                   str(tmp_path / 'no' / 'x.png')], r'no/x\.png'),
+    }
+    import re
+    for name, (args, pattern) in cases.items():
+        code = run_tool(tool, *args)
+        assert isinstance(code, str), (name, code)
+        assert code.startswith('visualize_localmim: error: ') and '\n' not in code, (name, code)
+        assert re.search(pattern, code), (name, code)

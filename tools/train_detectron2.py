@@ -8,18 +8,32 @@
 detectron2's ``tools/train_net.py`` with greenmim_mm's config keys and
 ``greenmim_mm.detectron2.Trainer``; the demo data sets (``greenmim_demo_*``) are registered from
 ``--demo-root`` (default ``data/demo/coco``, made by ``tools/make_demo_data.py``).
+
+Known failures end with one line ``train_detectron2: error: ...`` and exit status 1: a missing or
+invalid config file or ``KEY VALUE`` override, missing demo data or ``MODEL.WEIGHTS`` file, a
+refused checkpoint.
 """
+import os.path as osp
+
 from detectron2.engine import default_argument_parser, default_setup, launch
+
+PROG = 'train_detectron2'
 
 
 def setup(args):
     from greenmim_mm.detectron2 import get_cfg, register_demo_coco
     cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    try:  # yacs and detectron2 report config errors by assert (missing file, unknown key)
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts)
+    except (AssertionError, KeyError, ValueError) as err:
+        raise SystemExit(f'{PROG}: error: {args.config_file}: {err}') from None
     cfg.freeze()
     if any(name.startswith('greenmim_demo') for name in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST):
-        register_demo_coco(args.demo_root)
+        try:
+            register_demo_coco(args.demo_root)
+        except FileNotFoundError as err:
+            raise SystemExit(f'{PROG}: error: {err}') from None
     default_setup(cfg, args)
     # greenmim_mm's messages (e.g. which per-stage norms a converted checkpoint lacks) go to the
     # console and OUTPUT_DIR/log.txt too, as detectron2's and fvcore's
@@ -29,9 +43,25 @@ def setup(args):
     return cfg
 
 
+def check_weights_exist(cfg, resume: bool) -> None:
+    """``MODEL.WEIGHTS`` names an existing file (URLs and detectron2's ``catalog://`` left to
+    detectron2), unless ``--resume`` finds a checkpoint of this run in ``OUTPUT_DIR``.
+
+    Raises:
+        FileNotFoundError: naming the file (fvcore would fail with a bare assertion).
+    """
+    path = cfg.MODEL.WEIGHTS
+    if not path or '://' in path or osp.isfile(path):
+        return
+    if resume and osp.isfile(osp.join(cfg.OUTPUT_DIR, 'last_checkpoint')):
+        return
+    raise FileNotFoundError(f'MODEL.WEIGHTS not found: {path}')
+
+
 def main(args):
     from greenmim_mm.detectron2 import GreenDetectionCheckpointer, Trainer
     cfg = setup(args)
+    check_weights_exist(cfg, args.resume)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         GreenDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
@@ -40,6 +70,15 @@ def main(args):
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
+
+
+def run(args):
+    """:func:`main` with the known failures as one error line (``SystemExit``)."""
+    from greenmim_mm.checkpoint_loading import CheckpointLoadError
+    try:
+        return main(args)
+    except (CheckpointLoadError, FileNotFoundError) as err:
+        raise SystemExit(f'{PROG}: error: {err}') from None
 
 
 def parse_args(argv=None):
@@ -51,5 +90,5 @@ def parse_args(argv=None):
 
 if __name__ == '__main__':
     args = parse_args()
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+    launch(run, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args, ))

@@ -18,6 +18,14 @@ Accepted files:
 * detectron2 checkpoints (``{'model': ...}``, e.g. ``model_final.pth`` of a run): the backbone
   must match exactly; other modules as detectron2 does it (missing / unexpected keys logged).
 
+Importing :mod:`greenmim_mm.detectron2` (every greenmim_mm LazyConfig does) makes detectron2's
+own ``DetectionCheckpointer`` load the same way (:func:`route_detectron2_checkpointer`): the
+README's LazyConfig route, detectron2's ``tools/lazyconfig_train_net.py`` with
+``train.init_checkpoint=...``, then reads weights with the safe loader and never unpickles a
+``.pkl`` (detectron2's ``_load_file`` calls ``pickle.load`` on them). An uncaught
+``CheckpointLoadError`` then ends such a script with one error line, no traceback
+(:func:`install_one_line_errors`).
+
 Refused before any weight is loaded, naming the file: what the safe loader refuses
 (:class:`~greenmim_mm.checkpoint_loading.UnsafeCheckpointError`, ``CheckpointLoadError``) and, with
 :class:`CheckpointError` (a ``CheckpointLoadError``), detectron2's pickled model-zoo files
@@ -25,7 +33,9 @@ Refused before any weight is loaded, naming the file: what the safe loader refus
 checkpoint) and backbone keys that are missing, unexpected or of the wrong shape.
 """
 import logging
+import os.path as osp
 import re
+import sys
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -39,6 +49,9 @@ from .backbone import MMBackbone
 SRC_PREFIX = 'backbone.'
 FPN_BODY_PREFIX = 'backbone.bottom_up.body.'  # an MMBackbone under detectron2's FPN
 AUTHOR = 'greenmim_mm'  # detectron2-layout files of converted backbones
+# detectron2's own _load_model, kept before route_detectron2_checkpointer replaces it
+_D2_LOAD_MODEL = DetectionCheckpointer.__dict__.get('_greenmim_mm_d2_load_model',
+                                                    DetectionCheckpointer._load_model)
 
 
 class CheckpointError(CheckpointLoadError):
@@ -142,7 +155,7 @@ class GreenDetectionCheckpointer(DetectionCheckpointer):
 
     def _load_model(self, checkpoint: Dict):
         self._check_backbone(checkpoint['model'])
-        return super()._load_model(checkpoint)
+        return _D2_LOAD_MODEL(self, checkpoint)
 
     def _check_backbone(self, weights: Dict) -> None:
         """Every backbone key of the model in ``weights`` with its shape, and nothing else there."""
@@ -176,3 +189,40 @@ class GreenDetectionCheckpointer(DetectionCheckpointer):
         if allowed:
             logging.getLogger(__name__).info(
                 'not in %s, keep their initialisation: %s', self._file, _sample(allowed))
+
+
+_ROUTED = ('_load_file', '_load_model', '_check_backbone', '_file', '_backbone_only')
+
+
+def route_detectron2_checkpointer() -> None:
+    """Give detectron2's ``DetectionCheckpointer`` :class:`GreenDetectionCheckpointer`'s loading
+    (safe loader, ``.pkl`` refused, backbone checked), so that scripts holding the plain class
+    (detectron2's ``tools/lazyconfig_train_net.py``, ``tools/train_net.py``) load through it.
+    Saving is unchanged. Idempotent; called when :mod:`greenmim_mm.detectron2` is imported."""
+    DetectionCheckpointer._greenmim_mm_d2_load_model = _D2_LOAD_MODEL
+    for name in _ROUTED:
+        setattr(DetectionCheckpointer, name, GreenDetectionCheckpointer.__dict__[name])
+
+
+def install_one_line_errors() -> None:
+    """End the process with one line ``<script>: error: <message>`` (exit status 1, no
+    traceback) when a ``CheckpointLoadError`` (a refused or unreadable checkpoint, a user error)
+    reaches the top level, e.g. in detectron2's own ``tools/lazyconfig_train_net.py``; every
+    other exception keeps Python's traceback. Idempotent."""
+    previous = sys.excepthook
+    if getattr(previous, '_greenmim_mm', False):
+        return
+
+    def hook(exc_type, exc, tb):
+        if issubclass(exc_type, CheckpointLoadError):
+            prog = osp.basename(sys.argv[0]) if sys.argv and sys.argv[0] else 'python'
+            print(f'{prog}: error: {exc}', file=sys.stderr)
+            return
+        previous(exc_type, exc, tb)
+
+    hook._greenmim_mm = True
+    sys.excepthook = hook
+
+
+route_detectron2_checkpointer()
+install_one_line_errors()

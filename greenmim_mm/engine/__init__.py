@@ -1,10 +1,13 @@
 """Training-engine components: optimizer-wrapper constructors and hooks (checkpoints, non-finite
 loss, skipped samples)."""
-from .checkpoint_hook import SafeCheckpointHook
+from .checkpoint_hook import (CheckpointMismatchError, LearningRateOverflowError,
+                              SafeCheckpointHook)
 from .layer_decay import SwinLayerDecayOptimWrapperConstructor, backbone_layer_depth
 from .non_finite_loss import NonFiniteLossError, NonFiniteLossHook, NonFiniteWeightsError
 from .skipped_samples import SkippedSamplesHook, TooManyBadSamplesError
+from .work_dir_lock import WorkDirBusyError
 
 __all__ = ['SafeCheckpointHook', 'SwinLayerDecayOptimWrapperConstructor', 'backbone_layer_depth',
            'NonFiniteLossError', 'NonFiniteLossHook', 'NonFiniteWeightsError', 'SkippedSamplesHook',
-           'TooManyBadSamplesError']
+           'TooManyBadSamplesError', 'CheckpointMismatchError', 'LearningRateOverflowError',
+           'WorkDirBusyError']

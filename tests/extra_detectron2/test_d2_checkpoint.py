@@ -181,13 +181,19 @@ class _RunsCode:
         return (os.system, (f'echo PWNED > {self.marker}', ))
 
 
-def test_lazyconfig_trainers_plain_checkpointer_refuses_a_pickled_payload(tmp_path):
-    """The README's LazyConfig route loads ``train.init_checkpoint`` with detectron2's plain
-    ``DetectionCheckpointer`` (fvcore's ``torch.load``, torch's ``weights_only=True`` default),
-    not our loader: a file that pickles a call must be refused and must not run."""
+def test_plain_detection_checkpointer_loads_through_the_safe_loader(tmp_path):
+    """Importing greenmim_mm.detectron2 routes detectron2's own ``DetectionCheckpointer`` (what
+    its tools/lazyconfig_train_net.py uses) through the safe loader: a file that pickles a call
+    is refused and does not run, with a ``.pth`` or a ``.pkl`` name (detectron2 calls
+    ``pickle.load`` on ``.pkl`` files)."""
+    import pickle
     marker = tmp_path / 'marker'
-    path = tmp_path / 'evil.pth'
-    torch.save({'model': _RunsCode(str(marker))}, str(path))
-    with pytest.raises(Exception, match='Weights only load failed'):
-        DetectionCheckpointer(torch.nn.Linear(2, 2)).load(str(path))
+    torch.save({'model': _RunsCode(str(marker))}, str(tmp_path / 'evil.pth'))
+    (tmp_path / 'evil.pkl').write_bytes(pickle.dumps({'model': _RunsCode(str(marker)),
+                                                      '__author__': 'x'}))
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(UnsafeCheckpointError, match='evil.pth'):
+        DetectionCheckpointer(model).load(str(tmp_path / 'evil.pth'))
+    with pytest.raises(CheckpointError, match=r'evil\.pkl: detectron2 model-zoo pickles'):
+        DetectionCheckpointer(model).load(str(tmp_path / 'evil.pkl'))
     assert not marker.exists()

@@ -93,6 +93,46 @@ def test_demo_lazyconfig_trains_with_detectrons_own_lazy_trainer(demo_data_facto
     assert (out / 'model_final.pth').is_file()
 
 
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f'echo PWNED > {self.marker}', ))
+
+
+@pytest.mark.parametrize('eval_only', [False, True], ids=['train', 'eval-only'])
+def test_lazyconfig_route_never_unpickles_an_init_checkpoint(demo_data_factory, tmp_path,
+                                                            eval_only):
+    """Issue 19.2: the README's LazyConfig command with ``train.init_checkpoint=evil.pkl``
+    (detectron2's DetectionCheckpointer would ``pickle.load`` it: the marker file appeared,
+    rc 0) is refused with one error line, before any training, and the payload never runs."""
+    import pickle
+    import subprocess
+    import sys
+    root = demo_data_factory('d2_evil', train_per_class=1, val_per_class=1, det_train=2,
+                             det_val=1)
+    marker = tmp_path / 'marker'
+    evil = tmp_path / 'evil.pkl'
+    evil.write_bytes(pickle.dumps({'model': _RunsCode(str(marker)), '__author__': 'x'}))
+    out = tmp_path / 'out'
+    run = subprocess.run(
+        [sys.executable, '-m', 'tools.lazyconfig_train_net', '--config-file', NANO_LAZY,
+         *(['--eval-only'] if eval_only else []), f'train.init_checkpoint={evil}',
+         'train.max_iter=2', f'train.output_dir={out}', 'dataloader.train.total_batch_size=2',
+         f'dataloader.train.dataset.coco_root={osp.join(root, "coco")}'],
+        capture_output=True, text=True, timeout=900)
+    assert not marker.exists(), 'the pickled payload ran'
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert 'Traceback' not in run.stderr, run.stderr[-3000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last == (f'lazyconfig_train_net.py: error: {evil}: detectron2 model-zoo pickles '
+                    '(.pkl) are not loaded here; give a converted greenmim_mm backbone or a '
+                    'detectron2 .pth checkpoint')
+    assert not (out / 'model_final.pth').exists()
+
+
 def test_train_tool_logs_greenmim_messages_to_the_output_dir(demo_data_factory, tmp_path):
     """``norm0``-``norm2`` missing from a converted checkpoint are reported by greenmim_mm's
     logger: the train tool now sends it to the console and OUTPUT_DIR/log.txt, as detectron2's."""
@@ -111,3 +151,41 @@ def test_train_tool_logs_greenmim_messages_to_the_output_dir(demo_data_factory, 
     for handler in logging.getLogger('greenmim_mm').handlers:
         handler.flush()
     assert 'marker 1234' in (tmp_path / 'log.txt').read_text()
+
+
+def test_train_tool_known_failures_are_one_error_line(demo_data_factory, tmp_path):
+    """Issue 19.7: tools/train_detectron2.py ends each known failure with one line (a
+    ``SystemExit`` message: exit status 1, no traceback) naming the problem."""
+    import importlib.util
+    import pickle
+    import re
+    from d2_utils import REPO
+    spec = importlib.util.spec_from_file_location(
+        'train_detectron2_errors', osp.join(REPO, 'tools', 'train_detectron2.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    root = osp.join(demo_data_factory('d2_err', train_per_class=1, val_per_class=1, det_train=1,
+                                      det_val=1), 'coco')
+    evil = tmp_path / 'evil.pkl'
+    evil.write_bytes(pickle.dumps({'model': {}}))
+    out = ['OUTPUT_DIR', str(tmp_path / 'out'), 'MODEL.DEVICE', 'cpu']
+    cases = {
+        'missing config': (['--config-file', str(tmp_path / 'nope.yaml')],
+                           r"nope\.yaml: Config file '.*nope\.yaml' does not exist"),
+        'unknown key': (['--config-file', NANO_YAML, 'FOO', '1'], r'Non-existent key: FOO'),
+        'missing demo data': (['--config-file', NANO_YAML, '--demo-root', str(tmp_path / 'no')],
+                              r'no/annotations/instances_train\.json not found'),
+        'missing weights': (['--config-file', NANO_YAML, '--demo-root', root, '--eval-only',
+                             *out, 'MODEL.WEIGHTS', str(tmp_path / 'nope.pth')],
+                            r'MODEL\.WEIGHTS not found: .*nope\.pth'),
+        'pickled weights': (['--config-file', NANO_YAML, '--demo-root', root, '--eval-only',
+                             *out, 'MODEL.WEIGHTS', str(evil)],
+                            r'evil\.pkl: detectron2 model-zoo pickles \(\.pkl\) are not loaded'),
+    }
+    for name, (argv, pattern) in cases.items():
+        with pytest.raises(SystemExit) as exit_:
+            tool.run(tool.parse_args(argv))
+        message = exit_.value.code
+        assert isinstance(message, str) and message.startswith('train_detectron2: error: '), \
+            (name, message)
+        assert '\n' not in message and re.search(pattern, message), (name, message)
