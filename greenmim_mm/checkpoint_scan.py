@@ -15,7 +15,7 @@ without creating any object the file describes, and refuses (:class:`ScanRefusal
 * a call of anything but the inert constructors below, with arguments of the expected kinds:
   dense tensors only (``_rebuild_tensor``/``_v2``/``_v3``, ``_rebuild_parameter``[``_with_state``]
   and ``_rebuild_from_type_v2`` over them, whose ``set_`` torch bounds-checks), ``OrderedDict()``,
-  ``set(list)``, ``complex(x, y)``, ``bytearray``/``_codecs.encode`` of text in the file,
+  ``Counter(dict)`` (schedulers' milestones), ``set(list)``, ``complex(x, y)``, ``bytearray``/``_codecs.encode`` of text in the file,
   ``torch.Size``, ``torch.device``, the numpy records and old mmengine names of
   :mod:`greenmim_mm.checkpoint_loading`;
 * a dict key or set element other than str, bytes, bool, None or an int below ``2**61 - 1`` in
@@ -276,7 +276,8 @@ def _set_of(scanner: _Scanner, args: tuple) -> bool:
 
 _CALLS = {  # name -> check(scanner, args); numpy records are checked after loading
     'collections.OrderedDict': lambda s, a: a == (),
-    'collections.Counter': lambda s, a: a == (),
+    'collections.Counter': lambda s, a: a == () or (  # Counter(dict): its keys are checked
+        len(a) == 1 and isinstance(a[0], _Made) and a[0].kind == 'dict'),
     'builtins.set': _set_of,
     'builtins.complex': lambda s, a: len(a) <= 2 and all(type(x) in (int, float) for x in a),
     'builtins.bytearray': lambda s, a: a == () or (  # bytes in the file, never a length

@@ -121,6 +121,44 @@ def shared_nested(depth):
     return nested
 
 
+# ---------------------------------------------------------------------------- real files
+@pytest.mark.parametrize('zipped', [True, False])
+def test_what_torch_and_mmengine_write_still_loads(tmp_path, zipped):
+    """The scan admits what real checkpoints hold: parameters, views, tensors with attributes,
+    optimizer and scheduler states (MultiStepLR's milestones are a Counter), sets, complex,
+    bytes, bytearray, numpy values, a plain-format message hub; zip and legacy format."""
+    from mmengine.logging import MessageHub
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[3, 5])
+    tagged = torch.ones(2)
+    tagged.note = 'kept'
+    base = torch.arange(12.).reshape(3, 4)
+    hub = MessageHub.get_instance('i19a_real')
+    hub.update_scalar('train/loss', 0.25)
+    hub.update_info('epoch', 3)
+    checkpoint = {'state_dict': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                  'param_schedulers': [scheduler.state_dict()], 'p': torch.nn.Parameter(base),
+                  'views': [base[1], base[:, 2], base.t()], 'tagged': tagged,
+                  'meta': {'seed': np.int64(5), 'mean': np.array([0.5]), 'flags': {1, 2},
+                           'c': 1 + 2j, 'b': b'\x00\xff', 'ba': bytearray(b'ab'), 'n': None},
+                  'message_hub': to_plain(hub.state_dict())}
+    path = tmp_path / 'real.pth'
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=zipped)
+    loaded = load_checkpoint_file(str(path))
+    assert loaded['param_schedulers'][0]['milestones'] == scheduler.state_dict()['milestones']
+    assert loaded['optimizer']['state'][0]['momentum_buffer'].shape == (2, 3)
+    for got, want in zip(loaded['views'], checkpoint['views']):
+        assert torch.equal(got, want) and got.stride() == want.stride()
+    assert loaded['views'][0].untyped_storage().data_ptr() == \
+        loaded['p'].untyped_storage().data_ptr()
+    assert loaded['tagged'].note == 'kept' and type(loaded['p']) is torch.nn.Parameter
+    assert loaded['meta'] == {**checkpoint['meta'], 'mean': loaded['meta']['mean']}
+    assert loaded['message_hub']['log_scalars']['train/loss'].current() == 0.25
+
+
 # ---------------------------------------------------------------------------- 19.1
 @pytest.mark.parametrize('stride', [2, 1 << 40])
 def test_converter_refuses_the_quantized_tensor_past_its_storage(tmp_path, stride):
