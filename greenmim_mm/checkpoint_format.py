@@ -193,7 +193,8 @@ class _Restorer:
             if type(value) not in _VALUE_TYPES[dtype.kind]:
                 raise ValueError(f'a tagged numpy {dtype.str} scalar holds a '
                                  f'{type(value).__name__}')
-            self.budget.charge('numpy', dtype.itemsize, 'checkpoint', f'a tagged numpy {dtype.str} scalar')
+            self.budget.charge('numpy', dtype.itemsize, 'checkpoint',
+                               f'a tagged numpy {dtype.str} scalar')
             return dtype.type(value)
         if kind == 'numpy_dtype':
             return plain_dtype(obj['dtype'], 'a tagged numpy dtype')
@@ -257,7 +258,8 @@ def _history_buffer(log_history, count_history, max_length):
             and log_history.dtype.kind in 'biuf' and count_history.dtype.kind in 'biuf'):
         raise ValueError('a HistoryBuffer in the checkpoint does not hold two numeric arrays')
     if type(max_length) is not int:
-        raise ValueError(f'a HistoryBuffer in the checkpoint has max_length {_short_repr(max_length)}')
+        raise ValueError('a HistoryBuffer in the checkpoint has max_length '
+                         f'{_short_repr(max_length)}')
     return HistoryBuffer(log_history, count_history, max_length=int(max_length))
 
 

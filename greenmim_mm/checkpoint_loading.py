@@ -24,6 +24,14 @@ Config text is never taken from a file: mmengine executes ``meta['config']`` on 
 inferencers when no config is given; :func:`drop_config_text` removes all three from what a
 loader returns (a warning for ``meta['config']``, which mmengine 0.10 never writes itself).
 
+Resource bounds (docs/checkpoints.md, "Loading safety"): before torch's unpickler runs,
+:func:`greenmim_mm.checkpoint_scan.scan_checkpoint` refuses compressed zip records, storages
+larger than their records, non-dense tensor rebuilds (quantized, sparse, nested: torch does not
+check their strides), calls other than inert constructors of values held in the file
+(``bytearray(n)``, ``torch.Tensor(n)``) and dict keys whose hashes can collide; afterwards every
+tensor must fit its storage and the numpy values rebuilt stay within the file's
+:class:`~greenmim_mm.checkpoint_numpy.DecodeBudget`.
+
 A refused file raises :class:`UnsafeCheckpointError` naming the file and the global or the
 location of the bad value; an unreadable one (truncated, not a torch file)
 :class:`CheckpointLoadError`.

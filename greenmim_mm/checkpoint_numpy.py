@@ -234,6 +234,9 @@ def check_tensor(tensor: torch.Tensor, where: str, budget: DecodeBudget) -> None
     """Raise :class:`UnsafeTensor` unless ``tensor`` is dense and strided (not quantized, sparse
     or nested) and every element its size, strides and offset address lies inside its storage,
     and charge its elements to ``budget`` (no larger than its storage either)."""
+    if type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+        raise UnsafeTensor(f'{where}: a tensor of type {type(tensor).__module__}.'
+                           f'{type(tensor).__qualname__} (only torch.Tensor and Parameter)')
     if tensor.layout != torch.strided or tensor.is_quantized or tensor.is_nested:
         raise UnsafeTensor(f'{where}: a {tensor.layout} tensor (quantized: '
                            f'{tensor.is_quantized}, nested: {tensor.is_nested}) is not a dense '

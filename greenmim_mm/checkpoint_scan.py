@@ -15,8 +15,9 @@ without creating any object the file describes, and refuses (:class:`ScanRefusal
 * a call of anything but the inert constructors below, with arguments of the expected kinds:
   dense tensors only (``_rebuild_tensor``/``_v2``/``_v3``, ``_rebuild_parameter``[``_with_state``]
   and ``_rebuild_from_type_v2`` over them, whose ``set_`` torch bounds-checks), ``OrderedDict()``,
-  ``Counter(dict)`` (schedulers' milestones), ``set(list)``, ``complex(x, y)``, ``bytearray``/``_codecs.encode`` of text in the file,
-  ``torch.Size``, ``torch.device``, the numpy records and old mmengine names of
+  ``Counter(dict)`` (schedulers' milestones), ``set(list)``, ``complex(x, y)``,
+  ``bytearray``/``_codecs.encode`` of bytes or text in the file, ``torch.Size``,
+  ``torch.device``, the numpy records and old mmengine names of
   :mod:`greenmim_mm.checkpoint_loading`;
 * a dict key or set element other than str, bytes, bool, None or an int below ``2**61 - 1`` in
   magnitude (those have distinct hashes; CPython's dict is then linear on average).

@@ -162,17 +162,23 @@ def test_what_torch_and_mmengine_write_still_loads(tmp_path, zipped):
 # ---------------------------------------------------------------------------- 19.1
 @pytest.mark.parametrize('stride', [2, 1 << 40])
 def test_converter_refuses_the_quantized_tensor_past_its_storage(tmp_path, stride):
-    """The issue: ``convert_checkpoint.py --src greenmim_mm q.pth out.pth`` segfaulted (stride
-    2**40) or copied 20 bytes of its own heap into out.pth (stride 2), rc 0."""
+    """The issue: a real backbone checkpoint with one quantized weight whose stride passes its
+    32-byte storage. ``convert_checkpoint.py --src greenmim_mm q.pth out.pth`` segfaulted
+    (stride 2**40, rc 139) or wrote its own heap bytes into out.pth (stride 2, rc 0)."""
+    from greenmim_mm.models import GreenSwinTransformer
+    backbone = GreenSwinTransformer(arch=dict(embed_dims=16, depths=[1, 1], num_heads=[1, 2]),
+                                    img_size=32, window_size=4, out_indices=(1, ))
+    state_dict = {f'backbone.{k}': v for k, v in backbone.state_dict().items()}
+    state_dict['backbone.norm1.weight'] = quantized_tensor(stride)
     src, out = tmp_path / 'q.pth', tmp_path / 'out.pth'
-    torch.save({'state_dict': {'backbone.patch_embed.projection.weight': quantized_tensor(stride),
-                               'backbone.norm3.weight': torch.ones(4)}}, src)
+    torch.save({'state_dict': state_dict}, src)
     result = child('tools/convert_checkpoint.py', '--src', 'greenmim_mm', src, out)
     assert result.returncode == 1, (result.returncode, result.stderr[-2000:])  # -11: segfault
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and 'Traceback' not in result.stderr, result.stderr
-    assert f'cannot read {src}: it pickles torch._utils._rebuild_qtensor (a quantized tensor)' \
-        in lines[0]
+    assert lines[0].startswith(f'convert_checkpoint: error: cannot read {src}: it pickles '
+                               'torch._utils._rebuild_qtensor (a quantized tensor): greenmim_mm '
+                               'reads dense tensors only'), lines[0]
     assert not out.exists()
 
 
@@ -377,3 +383,14 @@ def test_to_plain_keeps_sharing_and_refuses_cycles():
     with pytest.raises(PlainFormatError, match=r"checkpoint\[0\]: a reference cycle through a "
                        'list'):
         to_plain(cycle)
+
+
+def test_downloads_are_scanned_too(tmp_path):
+    """mmengine's http(s)/torchvision/open-mmlab downloads (``load_url``): torch.hub's own
+    weights-only load would skip the scan."""
+    from mmengine.runner import checkpoint as mmengine_checkpoint
+    path = tmp_path / 'bytearray.pth'
+    torch.save({'meta': {'x': Pickled(bytearray, (4_000_000_000, ))}}, path)
+    with pytest.raises(UnsafeCheckpointError, match=r'it calls builtins\.bytearray\(int\)'):
+        mmengine_checkpoint.load_from_http(f'file://{path}', map_location='cpu',
+                                           model_dir=str(tmp_path / 'hub'))
