@@ -50,6 +50,13 @@ _NON_DENSE = {  # torch allows these; their strides are not checked against the 
     'torch._utils._rebuild_device_tensor_from_numpy': 'a tensor built from a numpy array',
     'torch._utils._rebuild_device_tensor_from_cpu_tensor': 'a device tensor',
     'torch.serialization._get_layout': 'a sparse tensor layout',
+    # quantized storages / dtypes make quantized tensors through the dense rebuilds too
+    **{f'torch.{name}Storage': 'a quantized storage'
+       for name in ('QUInt8', 'QInt8', 'QInt32', 'QUInt4x2', 'QUInt2x4')},
+    **{f'torch.{name}': 'a quantized dtype or scheme'
+       for name in ('quint8', 'qint8', 'qint32', 'quint4x2', 'quint2x4', 'per_tensor_affine',
+                    'per_tensor_symmetric', 'per_channel_affine', 'per_channel_symmetric',
+                    'per_channel_affine_float_qparams')},
 }
 _LATIN1 = ('latin1', 'latin-1')
 # the opcodes torch's weights-only unpickler implements (torch/_weights_only_unpickler.py)

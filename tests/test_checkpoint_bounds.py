@@ -206,6 +206,19 @@ def test_real_sparse_and_quantized_tensors_are_refused(tmp_path):
             load_checkpoint_file(str(path))
 
 
+def test_quantized_storage_through_the_dense_rebuild_is_refused(tmp_path):
+    """Plain ``torch.load(weights_only=True)`` builds a quantized tensor with an unchecked
+    stride from a ``QUInt8Storage`` and the dense ``_rebuild_tensor_v2`` too."""
+    path = tmp_path / 'qstorage.pth'
+    write_torch_zip(path, {'w': dense(_Storage('0', 32, torch.QUInt8Storage), (32, ), (1 << 40, ))},
+                    records={'0': bytes(32)})
+    tensor = torch.load(path, weights_only=True)['w']
+    assert tensor.is_quantized and tensor.stride() == (1 << 40, )  # never read it
+    with pytest.raises(UnsafeCheckpointError,
+                       match=r'it pickles torch.QUInt8Storage \(a quantized storage\)'):
+        load_checkpoint_file(str(path))
+
+
 def test_tensors_must_fit_their_storage():
     """The check behind every admitted rebuild (and torch's ``set_`` for dense ones): an expanded
     view (stride 0) or a quantized tensor is refused; a slice of a storage is fine."""
