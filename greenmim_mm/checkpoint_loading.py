@@ -24,6 +24,14 @@ Config text is never taken from a file: mmengine executes ``meta['config']`` on 
 inferencers when no config is given; :func:`drop_config_text` removes all three from what a
 loader returns (a warning for ``meta['config']``, which mmengine 0.10 never writes itself).
 
+Resource bounds (docs/checkpoints.md, "Loading safety"): before torch's unpickler runs,
+:func:`greenmim_mm.checkpoint_scan.scan_checkpoint` refuses compressed zip records, storages
+larger than their records, non-dense tensor rebuilds (quantized, sparse, nested: torch does not
+check their strides), calls other than inert constructors of values held in the file
+(``bytearray(n)``, ``torch.Tensor(n)``) and dict keys whose hashes can collide; afterwards every
+tensor must fit its storage and the numpy values rebuilt stay within the file's
+:class:`~greenmim_mm.checkpoint_numpy.DecodeBudget`.
+
 A refused file raises :class:`UnsafeCheckpointError` naming the file and the global or the
 location of the bad value; an unreadable one (truncated, not a torch file)
 :class:`CheckpointLoadError`.
@@ -40,7 +48,9 @@ from typing import Any, Optional
 import torch
 
 from .checkpoint_format import HISTORY_STATISTICS, LegacyHistoryBuffer, from_plain
-from .checkpoint_numpy import UnsafeNumpyValue, pickle_globals, restore_numpy
+from .checkpoint_numpy import (DecodeBudget, UnsafeNumpyValue, UnsafeValue, pickle_globals,
+                               restore_numpy)
+from .checkpoint_scan import ScanRefusal, scan_checkpoint
 
 _HISTORY_BUFFER = 'mmengine.logging.history_buffer.HistoryBuffer'
 README_SECTION = 'README.md, section "Checkpoint files"'
@@ -75,11 +85,28 @@ def _history_statistic(owner, name):
     ``getattr(HistoryBuffer, <statistic>)`` is answered (with the statistic's name)."""
     if owner is LegacyHistoryBuffer and name in HISTORY_STATISTICS:
         return name
-    shown = repr(name) if isinstance(name, str) else _global_name(name)
+    _refuse_getattr(_global_name(owner),
+                    repr(name) if isinstance(name, str) else _global_name(name))
+
+
+def _refuse_getattr(owner: str, name: str) -> None:
     raise pickle.UnpicklingError(
-        f'builtins.getattr({_global_name(owner)}, {shown[:80]}) (only '
+        f'builtins.getattr({owner}, {name[:80]}) (only '
         f'getattr(HistoryBuffer, {"|".join(HISTORY_STATISTICS)}) of old mmengine files is '
         'answered)')
+
+
+def _scan_getattr(owner: Any, name: Any) -> None:
+    """The static scan's check of the getattr stand-in (globals come with their ``.name``)."""
+    if getattr(owner, 'name', None) == _HISTORY_BUFFER and type(name) is str \
+            and name in HISTORY_STATISTICS:
+        return
+
+    def shown(value):
+        if hasattr(value, 'name') and isinstance(value.name, str) and value.name:
+            return value.name
+        return repr(value) if isinstance(value, str) else f'<a {type(value).__name__}>'
+    _refuse_getattr(shown(owner), shown(name))
 
 
 def safe_globals() -> list:
@@ -105,9 +132,7 @@ def _unpickler_cause(err: Exception) -> str:
 
 def _refused_global(cause: str) -> Optional[str]:
     for pattern in (r'Unsupported global: GLOBAL (\S+)', r'unsupported GLOBAL (\S+)',
-                    r'^(builtins\.getattr\(.+?\) \(only getattr[^\n]*\))$',
-                    r'Trying to call reduce for unrecognized function ([^\n]+)',
-                    r'(Can only (?:create|build)[^\n]+)'):
+                    r'^(builtins\.getattr\(.+?\) \(only getattr[^\n]*\))$'):
         found = re.search(pattern, cause)
         if found:
             name = found.group(1).rstrip('.')
@@ -117,6 +142,8 @@ def _refused_global(cause: str) -> Optional[str]:
 
 
 def _describe(path: str, err: Exception) -> CheckpointLoadError:
+    if isinstance(err, ScanRefusal):  # not code: a tensor, size or key torch would not check
+        return UnsafeCheckpointError(f'cannot read {path}: {err}')
     cause = _unpickler_cause(err)
     what = _refused_global(cause)
     if what is not None:
@@ -132,6 +159,13 @@ def _describe(path: str, err: Exception) -> CheckpointLoadError:
                                f'{type(err).__name__}: {cause}')
 
 
+def _allowed_names() -> dict:
+    """Every global name the weights-only unpickler resolves under :func:`safe_globals`."""
+    with torch.serialization.safe_globals(safe_globals()):
+        return {**torch._weights_only_unpickler._get_allowed_globals(),
+                **torch._weights_only_unpickler._get_user_allowed_globals()}
+
+
 def load_checkpoint_file(path: str, map_location: Any = None) -> Any:
     """Load the checkpoint at ``path`` weights-only with :func:`safe_globals`, rebuild and check
     its numpy values (:func:`greenmim_mm.checkpoint_numpy.restore_numpy`), drop its config text
@@ -145,7 +179,8 @@ def load_checkpoint_file(path: str, map_location: Any = None) -> Any:
     path = osp.expanduser(os.fspath(path))
     if not osp.isfile(path):
         raise FileNotFoundError(f'{path} can not be found.')
-    return _load(path, path, map_location)
+    with open(path, 'rb') as file:  # scanned and loaded from one open file
+        return _load(file, path, map_location)
 
 
 def load_checkpoint_bytes(data: bytes, source: str, map_location: Any = None) -> Any:
@@ -156,30 +191,41 @@ def load_checkpoint_bytes(data: bytes, source: str, map_location: Any = None) ->
 
 
 def _load(file: Any, source: str, map_location: Any) -> Any:
+    """Scan (:func:`greenmim_mm.checkpoint_scan.scan_checkpoint`), then load ``file`` weights-only
+    and restore it within the file's :class:`~greenmim_mm.checkpoint_numpy.DecodeBudget`."""
+    size = file.seek(0, io.SEEK_END)
+    file.seek(0)
     try:
+        scan_checkpoint(file, size, _allowed_names(), _scan_getattr)
         with torch.serialization.safe_globals(safe_globals()):
             checkpoint = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as err:  # unpickling, zip and EOF errors all mean "not loadable"
         raise _describe(source, err) from None
-    return _restored(source, checkpoint)
+    return _restored(source, checkpoint, DecodeBudget.for_file(size))
 
 
-def _restored(source: str, checkpoint: Any) -> Any:
+def _restored(source: str, checkpoint: Any, budget: DecodeBudget) -> Any:
     try:
-        checkpoint = restore_numpy(checkpoint)
+        checkpoint = restore_numpy(checkpoint, budget=budget)
     except UnsafeNumpyValue as err:
         raise UnsafeCheckpointError(
             f'cannot read {source}: {err}; such a value can crash the process or corrupt memory '
             f'when read (allowed: {_INERT}). {_SEE_README}.') from None
+    except UnsafeValue as err:  # a tensor outside its storage, past the budget
+        raise UnsafeCheckpointError(f'cannot read {source}: {err}') from None
     except RecursionError:
         raise CheckpointLoadError(f'cannot read {source}: its data is nested too deeply') from None
     except Exception as err:  # malformed records (bad shapes, sizes, keys): one clear error
         raise CheckpointLoadError(f'cannot read {source}: malformed numpy values: '
                                   f'{type(err).__name__}: {err}') from None
     try:
-        checkpoint = from_plain(checkpoint)
+        checkpoint = from_plain(checkpoint, budget=budget)
     except UnsafeNumpyValue as err:
         raise UnsafeCheckpointError(f'cannot read {source}: {err}. {_SEE_README}.') from None
+    except UnsafeValue as err:
+        raise UnsafeCheckpointError(f'cannot read {source}: {err}') from None
+    except RecursionError:
+        raise CheckpointLoadError(f'cannot read {source}: its data is nested too deeply') from None
     except Exception as err:
         raise CheckpointLoadError(f'cannot read {source}: malformed greenmim_mm/mmengine values: '
                                   f'{type(err).__name__}: {err}') from None
@@ -221,16 +267,20 @@ def drop_config_text(checkpoint: Any, source: str) -> list:
 def load_url_safely(url: str, model_dir: Optional[str] = None, map_location: Any = None,
                     progress: bool = True, check_hash: bool = False,
                     file_name: Optional[str] = None) -> Any:
-    """mmengine's ``load_url`` (torch.hub's download cache), loading the downloaded file like
-    :func:`load_checkpoint_file` (torch.hub's own default is ``weights_only=False``)."""
-    try:
-        with torch.serialization.safe_globals(safe_globals()):
-            checkpoint = torch.hub.load_state_dict_from_url(
-                url, model_dir=model_dir, map_location=map_location, progress=progress,
-                check_hash=check_hash, file_name=file_name, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise _describe(url, err) from None
-    return _restored(url, checkpoint)
+    """mmengine's ``load_url``: torch.hub's download cache (``<hub dir>/checkpoints``, the file
+    name from the URL or ``file_name``, the hash prefix checked when ``check_hash``), the file then
+    loaded by :func:`load_checkpoint_file` (torch.hub's own default is ``weights_only=False``, and
+    its weights-only path skips the scan and the budget)."""
+    from urllib.parse import urlparse
+    model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
+    os.makedirs(model_dir, exist_ok=True)
+    cached = osp.join(model_dir, file_name or osp.basename(urlparse(url).path))
+    if not osp.exists(cached):
+        found = torch.hub.HASH_REGEX.search(osp.basename(cached)) if check_hash else None
+        torch.hub.download_url_to_file(url, cached, found.group(1) if found else None,
+                                       progress=progress)
+    with open(cached, 'rb') as file:
+        return _load(file, url, map_location)
 
 
 def load_from_local_weights_only(filename: str, map_location: Any = None) -> Any:

@@ -22,7 +22,7 @@ numpy 2's variable-width ``StringDType`` (which holds pointers).
 import math
 import pickle
 import re
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -32,9 +32,47 @@ _SPEC = re.compile(r'^[<>|=]?[biufcSU][1-9][0-9]{0,5}$')  # 'f8', '<U3', '|b1', 
 _BYTE_ORDERS = ('<', '>', '|', '=')
 
 
-class UnsafeNumpyValue(ValueError):
-    """A numpy value in a checkpoint that is not a plain array/scalar/dtype; the message says
-    where it is (``checkpoint['meta']['epoch']``) and what is wrong."""
+class UnsafeValue(ValueError):
+    """A value in a checkpoint that could crash the process, read memory it does not own or take
+    unbounded memory; the message says where it is (``checkpoint['meta']['epoch']``) and why."""
+
+
+class UnsafeNumpyValue(UnsafeValue):
+    """A numpy value in a checkpoint that is not a plain array/scalar/dtype."""
+
+
+class UnsafeTensor(UnsafeValue):
+    """A tensor that is not dense and strided, or whose size, strides and offset reach outside
+    its storage, or that is larger than its storage (an expanded view)."""
+
+
+class DecodeBudget:
+    """Bytes that rebuilding one file's values may still allocate: ``numpy`` for numpy arrays
+    and scalars (ours and tagged ones, :mod:`greenmim_mm.checkpoint_format`), ``tensors`` for the
+    elements of its distinct tensors (views can describe more elements than their storage)."""
+
+    def __init__(self, numpy_bytes: float = math.inf, tensor_bytes: float = math.inf):
+        self.left = {'numpy': numpy_bytes, 'tensors': tensor_bytes}
+
+    @classmethod
+    def for_file(cls, size: int) -> 'DecodeBudget':
+        """The bound stated in docs/checkpoints.md: numpy values at most 16 MiB + 4x the file's
+        size in all; tensors at most 1 MiB + 2x the file's size in all."""
+        return cls(NUMPY_BUDGET_BASE + NUMPY_BUDGET_FACTOR * size,
+                   TENSOR_BUDGET_BASE + TENSOR_BUDGET_FACTOR * size)
+
+    def charge(self, kind: str, nbytes: int, where: Any, what: str) -> None:
+        """Take ``nbytes`` for ``what`` at ``where`` (formatted only for the error) from
+        ``kind``'s budget, or raise :class:`UnsafeValue` before anything is allocated."""
+        if nbytes > self.left[kind]:
+            raise UnsafeValue(f'{where}: {what} would take {nbytes} bytes, more than the '
+                              f'{self.left[kind]} bytes left of the file\'s {kind} budget '
+                              '(see docs/checkpoints.md, "Loading safety")')
+        self.left[kind] -= nbytes
+
+
+NUMPY_BUDGET_BASE, NUMPY_BUDGET_FACTOR = 16 << 20, 4
+TENSOR_BUDGET_BASE, TENSOR_BUDGET_FACTOR = 1 << 20, 2
 
 
 class _Record:
@@ -150,14 +188,14 @@ def _dtype(record: Any, where: str) -> np.dtype:
     return dtype
 
 
-def _array(record: ArrayRecord, where: str) -> np.ndarray:
+def _array(record: ArrayRecord, where: str, budget: DecodeBudget) -> np.ndarray:
     state = record.state
     if not (len(record.args) == 3 and record.args[0] is NdarrayName):
         raise UnsafeNumpyValue(f'{where}: malformed numpy array')
     if not (isinstance(state, tuple) and len(state) == 5 and state[0] == 1):
         raise UnsafeNumpyValue(f'{where}: numpy array with an unexpected pickled state')
     _version, shape, dtype, fortran, raw = state
-    dtype = _dtype(dtype, f'{where}.dtype')
+    dtype = _dtype(dtype, where + '.dtype')
     if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
         raise UnsafeNumpyValue(f'{where}: numpy array with shape {shape!r}')
     size = math.prod(shape)  # Python ints: no int64 overflow to a small size
@@ -165,45 +203,101 @@ def _array(record: ArrayRecord, where: str) -> np.ndarray:
         raise UnsafeNumpyValue(f'{where}: numpy array {dtype.str}{list(shape)} needs '
                                f'{size * dtype.itemsize} bytes of data, the file holds '
                                f'{len(raw) if isinstance(raw, bytes) else type(raw).__name__}')
+    budget.charge('numpy', len(raw), where, f'numpy array {dtype.str}{list(shape)}')
     flat = np.frombuffer(raw, dtype=dtype).copy()
     return flat.reshape(shape, order='F' if fortran else 'C')
 
 
-def _scalar(record: ScalarRecord, where: str) -> np.generic:
+def _scalar(record: ScalarRecord, where: str, budget: DecodeBudget) -> np.generic:
     if len(record.args) != 2 or record.state is not None:
         raise UnsafeNumpyValue(f'{where}: malformed numpy scalar')
-    dtype = _dtype(record.args[0], f'{where}.dtype')
+    dtype = _dtype(record.args[0], where + '.dtype')
     raw = record.args[1]
     if not isinstance(raw, bytes) or len(raw) != dtype.itemsize:
         raise UnsafeNumpyValue(f'{where}: numpy {dtype.str} scalar needs {dtype.itemsize} bytes '
                                'of data')
+    budget.charge('numpy', len(raw), where, f'numpy {dtype.str} scalar')
     return np.frombuffer(raw, dtype=dtype)[0].copy()
 
 
-def _rebuilt(record: _Record, where: str) -> Any:
+def _rebuilt(record: _Record, where: str, budget: DecodeBudget) -> Any:
     if type(record) is DtypeRecord:
         return _dtype(record, where)
     if type(record) is ArrayRecord:
-        return _array(record, where)
+        return _array(record, where, budget)
     if type(record) is ScalarRecord:
-        return _scalar(record, where)
+        return _scalar(record, where, budget)
     raise UnsafeNumpyValue(f'{where}: numpy.ndarray used outside an array')
 
 
-def restore_numpy(obj: Any, where: str = 'checkpoint') -> Any:
+def check_tensor(tensor: torch.Tensor, where: str, budget: DecodeBudget) -> None:
+    """Raise :class:`UnsafeTensor` unless ``tensor`` is dense and strided (not quantized, sparse
+    or nested) and every element its size, strides and offset address lies inside its storage,
+    and charge its elements to ``budget`` (no larger than its storage either)."""
+    if type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+        raise UnsafeTensor(f'{where}: a tensor of type {type(tensor).__module__}.'
+                           f'{type(tensor).__qualname__} (only torch.Tensor and Parameter)')
+    if tensor.layout != torch.strided or tensor.is_quantized or tensor.is_nested:
+        raise UnsafeTensor(f'{where}: a {tensor.layout} tensor (quantized: '
+                           f'{tensor.is_quantized}, nested: {tensor.is_nested}) is not a dense '
+                           'tensor')
+    item, nbytes = tensor.element_size(), tensor.untyped_storage().nbytes()
+    size = tensor.numel() * item
+    if size:
+        reach = [(n - 1) * s for n, s in zip(tensor.shape, tensor.stride())]
+        low = tensor.storage_offset() + sum(r for r in reach if r < 0)
+        high = tensor.storage_offset() + sum(r for r in reach if r > 0)
+        if low < 0 or (high + 1) * item > nbytes or size > nbytes:
+            raise UnsafeTensor(
+                f'{where}: a tensor of size {list(tensor.shape)}, strides {list(tensor.stride())}'
+                f' and offset {tensor.storage_offset()} ({size} bytes) does not fit its storage '
+                f'of {nbytes} bytes')
+    budget.charge('tensors', size, where, f'a tensor of size {list(tensor.shape)}')
+
+
+class _Path:
+    """Where a value sits (``checkpoint['meta'][0]``), formatted only for a message: building
+    the text for every value would cost the depth times the number of values."""
+    __slots__ = ('parent', 'kind', 'part')
+
+    def __init__(self, parent: Any, kind: str, part: Any):
+        self.parent, self.kind, self.part = parent, kind, part
+
+    def __add__(self, suffix: str) -> '_Path':
+        return _Path(self, 'attr', suffix)
+
+    def __str__(self) -> str:
+        parts, node = [], self
+        while isinstance(node, _Path):
+            parts.append(node.part if node.kind == 'attr' else
+                         f' key {_short(node.part)}' if node.kind == 'key' else
+                         f'[{_short(node.part)}]' if node.kind == 'item' else f'[{node.part}]')
+            node = node.parent
+        return str(node) + ''.join(reversed(parts))
+
+    __format__ = lambda self, spec: format(str(self), spec)  # noqa: E731
+
+
+def restore_numpy(obj: Any, where: str = 'checkpoint',
+                  budget: Optional[DecodeBudget] = None) -> Any:
     """``obj`` (what the weights-only unpickler returned) with every record rebuilt as a plain
-    numpy value and every numpy value checked (:func:`check_numpy_value`). Lists, dicts and
-    objects' ``__dict__`` are updated in place, tuples and sets rebuilt; shared and cyclic
-    references are followed once. Raises :class:`UnsafeNumpyValue` naming the location."""
-    return _walk(obj, where, {})
+    numpy value and every numpy value and tensor checked (:func:`check_numpy_value`,
+    :func:`check_tensor`) within ``budget`` (none: unbounded). Lists, dicts and objects'
+    ``__dict__`` are updated in place, tuples and sets rebuilt; shared and cyclic references are
+    followed once. Raises :class:`UnsafeValue` naming the location."""
+    return _walk(obj, where, {}, budget or DecodeBudget())
 
 
-def _walk(obj: Any, where: str, memo: dict) -> Any:
+def _walk(obj: Any, where: str, memo: dict, budget: DecodeBudget) -> Any:
     if id(obj) in memo:
         return memo[id(obj)]
     if isinstance(obj, _Record):
-        result = memo[id(obj)] = _rebuilt(obj, where)
+        result = memo[id(obj)] = _rebuilt(obj, where, budget)
         return result
+    if isinstance(obj, torch.Tensor):
+        memo[id(obj)] = obj
+        check_tensor(obj, where, budget)
+        return obj
     if isinstance(obj, (np.ndarray, np.generic, np.dtype)):
         check_numpy_value(obj, where)
         return obj
@@ -213,21 +307,21 @@ def _walk(obj: Any, where: str, memo: dict) -> Any:
     memo[id(obj)] = obj
     if type(obj) is list:
         for i, value in enumerate(obj):
-            obj[i] = _walk(value, f'{where}[{i}]', memo)
+            obj[i] = _walk(value, _Path(where, 'index', i), memo, budget)
     elif isinstance(obj, dict):
-        items = [(_walk(k, f'{where} key {_short(k)}', memo), v) for k, v in obj.items()]
-        items = [(k, _walk(v, f'{where}[{_short(k)}]', memo)) for k, v in items]
+        items = [(_walk(k, _Path(where, 'key', k), memo, budget), v) for k, v in obj.items()]
+        items = [(k, _walk(v, _Path(where, 'item', k), memo, budget)) for k, v in items]
         obj.clear()
         for key, value in items:
             obj[key] = value
     elif type(obj) in (tuple, set, frozenset):
-        result = memo[id(obj)] = type(obj)(_walk(v, f'{where}[{i}]', memo)
+        result = memo[id(obj)] = type(obj)(_walk(v, _Path(where, 'index', i), memo, budget)
                                            for i, v in enumerate(obj))
         return result
     if not isinstance(obj, torch.Tensor) and isinstance(getattr(obj, '__dict__', None), dict):
         attrs = vars(obj)
         for name in list(attrs):
-            attrs[name] = _walk(attrs[name], f'{where}.{name}', memo)
+            attrs[name] = _walk(attrs[name], where + f'.{name}', memo, budget)
     return obj
 
 
