@@ -78,3 +78,18 @@ def test_the_width_named_is_what_the_backbone_outputs(name):
     with torch.no_grad():
         assert model.backbone(x, mask=mask)[-1].shape[-1] == width == 128
         assert torch.isfinite(model.loss(x)['loss'])
+
+
+def test_train_tool_prints_the_width_error_as_one_line(tmp_path):
+    """The report's command, `tools/train.py <Swin-B recipe> --cfg-options
+    model.backbone.arch=tiny`: exit with the one-line error (before: the error at the end of a
+    traceback through mmengine's Runner and registry)."""
+    from greenmim_mm import launch
+    argv = [osp.join(PRETRAIN, 'greenmim_swin-base-w7_8xb256-amp-800e_in1k-224px.py'),
+            '--work-dir', str(tmp_path), '--cfg-options', 'model.backbone.arch=tiny']
+    with pytest.raises(SystemExit) as err:
+        launch.main_train(argv)
+    assert err.value.code == (
+        'train: error: model.neck.in_channels=1024, but the backbone output it reads '
+        '(GreenSwinTransformer out index 3) is 768 wide: set model.neck.in_channels=768 (or a '
+        'backbone arch whose output is 1024 wide)')
