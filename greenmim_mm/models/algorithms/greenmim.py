@@ -210,22 +210,26 @@ def check_decoder_widths(backbone: torch.nn.Module, necks: Sequence[torch.nn.Mod
     ``in_channels`` and backbones of unknown widths are not checked.
 
     Raises:
-        ModelConfigError: naming the config key (``keys[k]``), both widths and the output, at build
-            time instead of torch's matmul shape error at the first step (GreenMIM#10).
+        ModelConfigError: naming, for every mismatched decoder (``; ``-separated), the config key
+            (``keys[k]``), both widths and the output, at build time instead of torch's matmul
+            shape error at the first step (GreenMIM#10).
     """
     widths = backbone_out_widths(backbone)
     if widths is None:
         return
     outputs = range(len(necks)) if outputs is None else outputs
+    wrong = []
     for neck, key, out in zip(necks, keys, outputs):
         given = getattr(neck, 'in_channels', None)
         width = widths[out]
         if given is not None and int(given) != width:
             index = tuple(backbone.out_indices)[out]
-            raise ModelConfigError(
+            wrong.append(
                 f'{key}.in_channels={given}, but the backbone output it reads '
                 f'({type(backbone).__name__} out index {index}) is {width} wide: set '
                 f'{key}.in_channels={width} (or a backbone arch whose output is {given} wide)')
+    if wrong:
+        raise ModelConfigError('; '.join(wrong))
 
 
 def _build(cfg: Union[dict, torch.nn.Module]) -> torch.nn.Module:
