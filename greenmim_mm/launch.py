@@ -164,11 +164,20 @@ def setup_cpu_distributed(cfg: Config) -> None:
 
 
 # ------------------------------------------------------------------------------ entry points
+def user_errors() -> tuple:
+    """The known user errors the entry points print as one line (exit 1), no traceback: a
+    refused or unreadable checkpoint or pretrained weights that do not fit the backbone
+    (``CheckpointLoadError``, ``PretrainedLoadError``), a model config that cannot train
+    (``ModelConfigError``: e.g. a decoder's ``in_channels`` not its backbone output's width)."""
+    from greenmim_mm.checkpoint_loading import CheckpointLoadError
+    from greenmim_mm.models.algorithms.greenmim import ModelConfigError
+    return CheckpointLoadError, ModelConfigError
+
+
 def main_train(argv: Optional[Sequence[str]] = None):
     """``tools/train.py``: build the config and the Runner, train; returns the Runner."""
     from mmengine.runner import Runner
 
-    from greenmim_mm.checkpoint_loading import CheckpointLoadError
     from greenmim_mm.engine import NonFiniteLossError, WorkDirBusyError
     from greenmim_mm.engine.checkpoint_hook import learning_rate_text
     from greenmim_mm.engine.work_dir_lock import lock_work_dir
@@ -185,7 +194,7 @@ def main_train(argv: Optional[Sequence[str]] = None):
         if note:
             runner.logger.warning(note)
         runner.train()
-    except CheckpointLoadError as err:  # a refused or unreadable checkpoint: one line, exit 1
+    except user_errors() as err:  # one line, exit 1
         raise SystemExit(f'train: error: {err}')
     except NonFiniteLossError as err:  # diverged: the message names the lr
         if runner is not None and '(lr ' not in str(err):
@@ -203,10 +212,9 @@ def main_test(argv: Optional[Sequence[str]] = None) -> dict:
     except FileNotFoundError as err:
         raise SystemExit(f'test: error: {err}')
     setup_cpu_distributed(cfg)
-    from greenmim_mm.checkpoint_loading import CheckpointLoadError
     try:
         metrics = Runner.from_cfg(cfg).test()
-    except CheckpointLoadError as err:  # a refused or unreadable checkpoint: one line, exit 1
+    except user_errors() as err:  # one line, exit 1
         raise SystemExit(f'test: error: {err}')
     print(metrics)
     return metrics

@@ -78,3 +78,35 @@ def test_the_width_named_is_what_the_backbone_outputs(name):
     with torch.no_grad():
         assert model.backbone(x, mask=mask)[-1].shape[-1] == width == 128
         assert torch.isfinite(model.loss(x)['loss'])
+
+
+def test_train_tool_prints_the_width_error_as_one_line(tmp_path):
+    """The report's command, `tools/train.py <Swin-B recipe> --cfg-options
+    model.backbone.arch=tiny`: exit with the one-line error (before: the error at the end of a
+    traceback through mmengine's Runner and registry)."""
+    from greenmim_mm import launch
+    argv = [osp.join(PRETRAIN, 'greenmim_swin-base-w7_8xb256-amp-800e_in1k-224px.py'),
+            '--work-dir', str(tmp_path), '--cfg-options', 'model.backbone.arch=tiny']
+    with pytest.raises(SystemExit) as err:
+        launch.main_train(argv)
+    assert err.value.code == (
+        'train: error: model.neck.in_channels=1024, but the backbone output it reads '
+        '(GreenSwinTransformer out index 3) is 768 wide: set model.neck.in_channels=768 (or a '
+        'backbone arch whose output is 1024 wide)')
+
+
+def test_every_mismatched_decoder_is_named_at_once():
+    """LocalMIM Swin-B with arch=tiny: all four decoders are too wide; one error names each
+    (key, given width, the width of the output it reads), so one edit fixes the config (before:
+    one decoder per run). The widths named are the ones the recipe's decoders need for Swin-T
+    (C = 96, outputs after patch merging: 2C, 4C, 8C, 8C)."""
+    with pytest.raises(ValueError) as err:
+        MODELS.build(recipe('localmim_swin-base-w7_8xb256-amp-400e_in1k-224px_hog.py',
+                            arch='tiny'))
+    named = re.findall(r'(model\.necks\[\d\])\.in_channels=(\d+), but the backbone output it '
+                       r'reads \(GreenSwinTransformer out index (\d)\) is (\d+) wide: set '
+                       r'\1\.in_channels=\4', str(err.value))
+    assert named == [('model.necks[0]', '256', '0', '192'), ('model.necks[1]', '512', '1', '384'),
+                     ('model.necks[2]', '1024', '2', '768'),
+                     ('model.necks[3]', '1024', '3', '768')]
+    assert '\n' not in str(err.value)

@@ -131,3 +131,26 @@ def test_mmpretrains_own_backbone_raises_type_error_for_an_int_init_cfg():
     """The reference error type (mmengine's BaseModule iterating the init_cfg)."""
     with pytest.raises(TypeError):
         SVT(arch='small', init_cfg=5).init_weights()
+
+
+def test_train_tool_prints_a_refused_pretrained_file_as_one_line(tmp_path, demo_data_factory):
+    """A Swin file given to the Twins fine-tuning demo through `tools/train.py`: exit with the
+    one-line PretrainedLoadError (before: the error at the end of a traceback)."""
+    import os.path as osp
+
+    from greenmim_mm import launch
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    data = demo_data_factory('strict_pretrained', train_per_class=1, val_per_class=1)
+    path = save(tmp_path, GreenSwinTransformer(arch=NANO_SWIN).state_dict(), 'swin.pth')
+    argv = [osp.join(root, 'configs', 'finetune', 'greentwins-nano_greenmim-pt_demo-cls_128px.py'),
+            '--work-dir', str(tmp_path / 'work'), '--cfg-options',
+            f'model.backbone.init_cfg.checkpoint={path}', 'train_cfg.max_epochs=1',
+            f'train_dataloader.dataset.data_root={data}',
+            f'val_dataloader.dataset.data_root={data}']
+    with pytest.raises(SystemExit) as err:
+        launch.main_train(argv)
+    msg = err.value.code
+    assert msg.startswith(f"train: error: pretrained weights {path} (keys under 'backbone.') do "
+                          'not fit GreenTwinsSVT: 140 missing: patch_embeds.0.projection.weight')
+    assert '\n' not in msg and 'set strict=False' in msg
+    assert not list((tmp_path / 'work').glob('*.pth'))

@@ -150,23 +150,29 @@ def masked_cell_loss(neck: torch.nn.Module, head: torch.nn.Module, latent: torch
     return head.loss(decode_cells(neck, latent, mask, cells), img, mask, cells)
 
 
+class ModelConfigError(ValueError):
+    """A model config that builds but cannot train (a decoder narrower or wider than the
+    backbone output it reads, wrong ``out_indices``, ...), found at build time; the message names
+    the config key and the fix. ``tools/train.py`` / ``tools/test.py`` print it as one line."""
+
+
 def check_greenmim_backbone(backbone: torch.nn.Module, neck: torch.nn.Module,
                             mask_ratio: float) -> None:
-    """Build-time checks (ValueError): the backbone has a sparse path (``sparse_unsupported``);
-    a single decoder (not a list, as LocalMIM's) reads only the
+    """Build-time checks (:class:`ModelConfigError`, a ValueError): the backbone has a sparse
+    path (``sparse_unsupported``); a single decoder (not a list, as LocalMIM's) reads only the
     last stage, so ``out_indices`` must be (last stage,), and its ``in_channels`` must be that
     output's width (:func:`check_decoder_widths`); on a sparse Swin-like backbone
     (``mask_unit``, ``patch_stride``, ``patch_resolution``), ``mask_ratio`` must mask at least one
     unit of the unit grid of its ``img_size``."""
     reason = getattr(backbone, 'sparse_unsupported', None)
     if reason:
-        raise ValueError(f'pre-training runs the sparse path of {type(backbone).__name__}, which '
-                         f'this configuration does not have: {reason}')
+        raise ModelConfigError(f'pre-training runs the sparse path of {type(backbone).__name__}, '
+                               f'which this configuration does not have: {reason}')
     stages = getattr(backbone, 'stages', None)
     if stages is not None and not isinstance(neck, (torch.nn.ModuleList, list, tuple)):
         last = len(stages) - 1
         if tuple(backbone.out_indices) != (last, ):
-            raise ValueError(
+            raise ModelConfigError(
                 f'GreenMIM uses only the last stage of the backbone, but out_indices='
                 f'{tuple(backbone.out_indices)}: the other out norms would get no gradient (DDP '
                 f'fails on them). Set model.backbone.out_indices=({last}, ).')
@@ -178,7 +184,7 @@ def check_greenmim_backbone(backbone: torch.nn.Module, neck: torch.nn.Module,
     grid = tuple(int(r) // per_unit for r in backbone.patch_resolution)
     units = grid[0] * grid[1]
     if num_visible_units(units, mask_ratio) >= units:
-        raise ValueError(
+        raise ModelConfigError(
             f'mask_ratio={mask_ratio} masks no unit of the {grid[0]}x{grid[1]} unit grid '
             f'({units} units of {backbone.mask_unit} px): the loss counts masked units only, so '
             f'it would be NaN. Use a ratio that masks at least one unit (GreenMIM: 0.75).')
@@ -204,22 +210,26 @@ def check_decoder_widths(backbone: torch.nn.Module, necks: Sequence[torch.nn.Mod
     ``in_channels`` and backbones of unknown widths are not checked.
 
     Raises:
-        ValueError: naming the config key (``keys[k]``), both widths and the output, at build
-            time instead of torch's matmul shape error at the first step (GreenMIM#10).
+        ModelConfigError: naming, for every mismatched decoder (``; ``-separated), the config key
+            (``keys[k]``), both widths and the output, at build time instead of torch's matmul
+            shape error at the first step (GreenMIM#10).
     """
     widths = backbone_out_widths(backbone)
     if widths is None:
         return
     outputs = range(len(necks)) if outputs is None else outputs
+    wrong = []
     for neck, key, out in zip(necks, keys, outputs):
         given = getattr(neck, 'in_channels', None)
         width = widths[out]
         if given is not None and int(given) != width:
             index = tuple(backbone.out_indices)[out]
-            raise ValueError(
+            wrong.append(
                 f'{key}.in_channels={given}, but the backbone output it reads '
                 f'({type(backbone).__name__} out index {index}) is {width} wide: set '
                 f'{key}.in_channels={width} (or a backbone arch whose output is {given} wide)')
+    if wrong:
+        raise ModelConfigError('; '.join(wrong))
 
 
 def _build(cfg: Union[dict, torch.nn.Module]) -> torch.nn.Module:

@@ -13,8 +13,8 @@ import torch.nn as nn
 from greenmim_mm.ops.masking import unit_grid, upsample_mask
 from greenmim_mm.registry import MODELS
 
-from .greenmim import (GreenMIM, _build, _single_view, check_decoder_widths, draw_unit_mask,
-                       masked_cell_loss)
+from .greenmim import (GreenMIM, ModelConfigError, _build, _single_view, check_decoder_widths,
+                       draw_unit_mask, masked_cell_loss)
 
 
 def out_strides(backbone: nn.Module) -> List[int]:
@@ -60,10 +60,10 @@ class LocalMIM(GreenMIM):
         loss_weights (list[float], optional): per-head weights, default all 1 (LocalMIM).
         mask_ratio, mask_seed, pretrained, data_preprocessor, init_cfg: as ``GreenMIM``.
 
-    Raises ValueError at build time when the numbers of out indices, decoders, heads and weights
-    differ, when a head's cell is not its output's stride, when a decoder's prediction width is
-    not its target's, when a decoder's ``in_channels`` is not the width of its backbone output,
-    or when an output is coarser than the mask unit.
+    Raises ModelConfigError (a ValueError) at build time when the numbers of out indices,
+    decoders, heads and weights differ, when a head's cell is not its output's stride, when a
+    decoder's prediction width is not its target's, when a decoder's ``in_channels`` is not the
+    width of its backbone output, or when an output is coarser than the mask unit.
     """
 
     def __init__(self, backbone: dict, necks: Sequence[dict], heads: Sequence[dict],
@@ -79,10 +79,10 @@ class LocalMIM(GreenMIM):
         num = len(self.backbone.out_indices)
         weights = [1.0] * num if loss_weights is None else [float(w) for w in loss_weights]
         if not len(necks) == len(heads) == len(weights) == num:
-            raise ValueError(f'{type(self).__name__} needs one decoder, head and loss weight per '
-                             f'backbone output: {num} outputs (out_indices '
-                             f'{tuple(self.backbone.out_indices)}), {len(necks)} necks, '
-                             f'{len(heads)} heads, {len(weights)} loss_weights')
+            raise ModelConfigError(
+                f'{type(self).__name__} needs one decoder, head and loss weight per backbone '
+                f'output: {num} outputs (out_indices {tuple(self.backbone.out_indices)}), '
+                f'{len(necks)} necks, {len(heads)} heads, {len(weights)} loss_weights')
         self.loss_weights = weights
         self._check_heads()
         check_decoder_widths(self.backbone, self.neck,
@@ -97,15 +97,15 @@ class LocalMIM(GreenMIM):
         """How many cells of head k's grid one mask unit spans per side (unit / stride)."""
         stride, head, neck = self.strides[k], self.head[k], self.neck[k]
         if self.unit % stride:
-            raise ValueError(f'head {k}: output stride {stride} does not divide the '
-                             f'{self.unit}-px mask unit')
+            raise ModelConfigError(f'head {k}: output stride {stride} does not divide the '
+                                   f'{self.unit}-px mask unit')
         if head.cell != stride:
-            raise ValueError(f'head {k}: target cell {head.cell} px differs from the output '
-                             f'stride {stride} px')
+            raise ModelConfigError(f'head {k}: target cell {head.cell} px differs from the '
+                                   f'output stride {stride} px')
         pred_dims = getattr(neck, 'pred_dims', None)
         if pred_dims is not None and pred_dims != head.out_channels:
-            raise ValueError(f'head {k}: decoder predicts {pred_dims} values per cell, the target '
-                             f'has {head.out_channels}')
+            raise ModelConfigError(f'head {k}: decoder predicts {pred_dims} values per cell, '
+                                   f'the target has {head.out_channels}')
         return self.unit // stride
 
     def head_masks(self, mask: torch.Tensor) -> List[torch.Tensor]:

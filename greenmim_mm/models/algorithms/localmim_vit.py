@@ -9,7 +9,7 @@ from greenmim_mm.models.backbones.localmim_vit import random_patch_masks
 from greenmim_mm.ops.masking import check_mask_ratio
 from greenmim_mm.registry import MODELS
 
-from .greenmim import mask_generator_seed
+from .greenmim import ModelConfigError, mask_generator_seed
 from .localmim import LocalMIM
 
 
@@ -45,11 +45,11 @@ class LocalMIMViT(LocalMIM):
         patch = int(self.backbone.patch_embed.projection.stride[0])
         for k, (neck, head) in enumerate(zip(self.neck, self.head)):
             if head.cell * neck.scale != patch:
-                raise ValueError(f'head {k}: target cell {head.cell} px x decoder scale '
-                                 f'{neck.scale} is not the {patch}-px patch')
+                raise ModelConfigError(f'head {k}: target cell {head.cell} px x decoder scale '
+                                       f'{neck.scale} is not the {patch}-px patch')
             if neck.pred_dims != head.out_channels:
-                raise ValueError(f'head {k}: decoder predicts {neck.pred_dims} values per cell, '
-                                 f'the target has {head.out_channels}')
+                raise ModelConfigError(f'head {k}: decoder predicts {neck.pred_dims} values per '
+                                       f'cell, the target has {head.out_channels}')
 
     @property
     def patch_grid(self):

@@ -20,9 +20,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from greenmim_mm.checkpoint_loading import CheckpointLoadError
 
-class PretrainedLoadError(RuntimeError):
-    """Pretrained weights that do not fit the backbone; the message names file and keys."""
+
+class PretrainedLoadError(CheckpointLoadError):
+    """Pretrained weights that do not fit the backbone; the message names file and keys.
+    A ``CheckpointLoadError``, so ``tools/train.py`` / ``tools/test.py`` print it as one line."""
 
 
 class StrictPretrainedMixin:
