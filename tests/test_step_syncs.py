@@ -205,3 +205,67 @@ def test_pack_plan_round_trip_one_copy_and_sharing():
     assert back['n'][0].shape == (0, ) and back['n'][1] == 'txt'
     with pytest.raises(TypeError, match='host tensors only'):
         pack_plan(dict(t=torch.zeros(2, device='meta')), 'meta')
+
+
+# ------------------------------------------------------------------ around the step
+def _runner(iteration):
+    from types import SimpleNamespace
+    return SimpleNamespace(iter=iteration, epoch=0, work_dir='work')
+
+
+def test_non_finite_loss_hook_reads_the_device_every_interval_only():
+    """Iteration 3's loss_1 is NaN; interval 5: iterations 1-4 read nothing from the device,
+    iteration 5 reads the record once and raises naming iteration 3 and the term's value."""
+    from greenmim_mm.engine import NonFiniteLossError, NonFiniteLossHook
+    hook = NonFiniteLossHook(interval=5)
+    for it in range(4):
+        loss = torch.full((), float('nan') if it == 2 else 1.0, device='meta')
+        with SyncAudit() as audit:
+            hook.after_train_iter(_runner(it), it, outputs=dict(loss=loss, loss_1=loss))
+        assert audit.events == [], audit.summary()
+    cpu_hook = NonFiniteLossHook(interval=5)
+    for it in range(4):
+        value = float('nan') if it == 2 else 1.0
+        outputs = dict(loss_0=torch.tensor(1.0), loss_1=torch.tensor(value), acc=torch.tensor(value))
+        cpu_hook.after_train_iter(_runner(it), it, outputs=outputs)   # no raise before iteration 5
+    with pytest.raises(NonFiniteLossError,
+                       match=r'iteration 3 \(epoch 1, batch 3 of the epoch\): loss_1=nan\. '
+                             r'Training stopped \(found at iteration 5\)'):
+        cpu_hook.after_train_iter(_runner(4), 4, outputs=dict(loss_0=torch.tensor(2.0)))
+
+
+def test_non_finite_loss_hook_checks_before_every_checkpoint():
+    from greenmim_mm.engine import NonFiniteLossError, NonFiniteLossHook
+    hook = NonFiniteLossHook(interval=100)
+    hook.after_train_iter(_runner(0), 0, outputs=dict(loss=torch.tensor(1.0)))
+    hook.before_save_checkpoint(_runner(0), {})   # finite: nothing
+    hook.after_train_iter(_runner(1), 1, outputs=dict(loss=torch.tensor(float('inf'))))
+    with pytest.raises(NonFiniteLossError, match=r'iteration 2 .*loss=inf'):
+        hook.before_save_checkpoint(_runner(1), {})
+    with pytest.raises(NonFiniteLossError, match='iteration 2'):
+        hook.after_train_epoch(_runner(1))
+    with pytest.raises(ValueError, match='positive int'):
+        NonFiniteLossHook(interval=0)
+
+
+def test_pretrain_configs_use_bf16_autocast_without_a_scaler():
+    """The pre-training wrapper: bf16 autocast, no GradScaler (it builds and steps on the CPU);
+    fp16 is refused with the AmpOptimWrapper hint; the data preprocessor copies non-blocking
+    from the loader's pinned memory."""
+    from mmengine.optim import build_optim_wrapper
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'pretrain',
+                                   'greenmim_swin-base-w7_8xb256-amp-800e_in1k-224px.py'))
+    assert cfg.train_dataloader.pin_memory and cfg.data_preprocessor.non_blocking
+    model = torch.nn.Linear(4, 2)
+    init_default_scope('greenmim_mm')
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    assert type(wrapper).__name__ == 'AutocastOptimWrapper' and not hasattr(wrapper, 'loss_scaler')
+    before = model.weight.detach().clone()
+    with wrapper.optim_context(model):
+        out = model(torch.randn(3, 4))
+    assert out.dtype == torch.bfloat16
+    wrapper.update_params(out.float().square().mean())
+    assert not torch.equal(before, model.weight)
+    cfg.optim_wrapper.dtype = 'float16'
+    with pytest.raises(ValueError, match='AmpOptimWrapper'):
+        build_optim_wrapper(model, cfg.optim_wrapper)

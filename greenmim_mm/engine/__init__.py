@@ -1,10 +1,11 @@
 """Training-engine components: optimizer-wrapper constructors and hooks (checkpoints, non-finite
 loss, skipped samples)."""
+from .autocast_wrapper import AutocastOptimWrapper
 from .checkpoint_hook import SafeCheckpointHook
 from .layer_decay import SwinLayerDecayOptimWrapperConstructor, backbone_layer_depth
 from .non_finite_loss import NonFiniteLossError, NonFiniteLossHook, NonFiniteWeightsError
 from .skipped_samples import SkippedSamplesHook, TooManyBadSamplesError
 
-__all__ = ['SafeCheckpointHook', 'SwinLayerDecayOptimWrapperConstructor', 'backbone_layer_depth',
+__all__ = ['AutocastOptimWrapper', 'SafeCheckpointHook', 'SwinLayerDecayOptimWrapperConstructor', 'backbone_layer_depth',
            'NonFiniteLossError', 'NonFiniteLossHook', 'NonFiniteWeightsError', 'SkippedSamplesHook',
            'TooManyBadSamplesError']
