@@ -226,7 +226,8 @@ def test_non_finite_loss_hook_reads_the_device_every_interval_only():
     cpu_hook = NonFiniteLossHook(interval=5)
     for it in range(4):
         value = float('nan') if it == 2 else 1.0
-        outputs = dict(loss_0=torch.tensor(1.0), loss_1=torch.tensor(value), acc=torch.tensor(value))
+        outputs = dict(loss_0=torch.tensor(1.0), loss_1=torch.tensor(value),
+                       acc=torch.tensor(value))
         cpu_hook.after_train_iter(_runner(it), it, outputs=outputs)   # no raise before iteration 5
     with pytest.raises(NonFiniteLossError,
                        match=r'iteration 3 \(epoch 1, batch 3 of the epoch\): loss_1=nan\. '

@@ -20,10 +20,10 @@ Every event keeps the op and the innermost frame of project code (file:line) tha
 Ops on CPU tensors (the host-side plan, the optimizer's CPU step counters) are not events.
 
 On ``meta`` an event's op cannot run (no values); the audit then returns a stand-in so that the
-step can continue and every event is counted: False for a bool read, 1 for a number, an all-visible (upper
-bound) shape for ``nonzero``
-(``meta_nonzero_assume_all_nonzero``). Counting is therefore exact for the first event and best effort
-after it; the tests assert that there are none.
+step can continue and every event is counted: False for a bool read, 1 for a number, an
+all-visible (upper bound) shape for ``nonzero`` (``meta_nonzero_assume_all_nonzero``). Counting
+is therefore exact for the first event and best effort after it; the tests assert that there
+are none.
 """
 import collections
 import os
