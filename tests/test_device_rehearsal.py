@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_cpu_rehearsal_of_the_gpu_run(tmp_path):
     out = tmp_path / 'out'
-    env = dict(os.environ, OUT=str(out), DEADLINE='540', OMP_NUM_THREADS='1',
+    env = dict(os.environ, OUT=str(out), DEADLINE='560', GROUP_TIMEOUTS='560 560 560',
+               OMP_NUM_THREADS='1',
                PATH=f'{Path(sys.executable).parent}:{os.environ["PATH"]}')
     run = subprocess.run(['bash', str(REPO / 'tools' / 'device' / 'run_gpu_checks.sh'),
                           '--device', 'cpu', '--arch', 'nano', '--img', '128', '--batch', '2',

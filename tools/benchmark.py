@@ -54,6 +54,8 @@ def parse_args(argv=None):
     p.add_argument('--backends', nargs='+', default=['sdpa'], choices=['sdpa', 'flex'])
     p.add_argument('--only', default=None, help=argparse.SUPPRESS)  # child: memory of one model
     p.add_argument('--json', default=None, help='also write the results to this file')
+    p.add_argument('--no-memory', action='store_true',
+                   help='skip the peak-memory pass (on the CPU: one child process per model)')
     p.add_argument('--no-flops', action='store_true',
                    help='skip the FLOP count (GFLOP/img and GFLOP/s columns show "-")')
     return p.parse_args(argv)
@@ -142,7 +144,7 @@ class DenseMaskTokenTwins(torch.nn.Module):
         mask = m.next_mask(img.shape[-2:])
         x, hw = bb.patch_embeds[0](img)
         hidden = upsample_mask(mask, bb.mask_unit // bb.patch_stride).reshape(1, -1, 1)
-        x = torch.where(hidden.to(x.device), self.mask_token.to(x.dtype), x)
+        x = torch.where(hidden.to(x.device, non_blocking=True), self.mask_token.to(x.dtype), x)
         for i in range(bb.num_stage):
             if i > 0:
                 x, hw = bb.patch_embeds[i](x)
@@ -154,7 +156,8 @@ class DenseMaskTokenTwins(torch.nn.Module):
             x = getattr(bb, f'norm_after_stage{i}')(x)
             if i < bb.num_stage - 1:
                 x = x.reshape(x.shape[0], *hw, -1).permute(0, 3, 1, 2)
-        latent = x[:, ~mask.reshape(-1).to(x.device)]
+        from greenmim_mm.models.necks.grid_decoder import visible_cell_index
+        latent = x.index_select(1, visible_cell_index(mask).to(x.device, non_blocking=True))
         return dict(loss=masked_cell_loss(m.neck, m.head, latent, img, mask))
 
 
@@ -287,13 +290,13 @@ def report(args, times, memory, gflop=None):
         row = dict(model=name, step_ms=med[name] * 1e3, img_per_s=ips, peak_mib=memory[name],
                    speedup_vs_simmim_own=med['SimMIM r0.6'] / med[name],
                    speedup_vs_simmim_075=med['SimMIM r0.75'] / med[name],
-                   memory_vs_simmim_own=memory[name] / max(memory['SimMIM r0.6'], 1e-9))
+                   memory_vs_simmim_own=_ratio(memory[name], memory['SimMIM r0.6']))
         row.update(flop_columns(gflop.get(name), ips))
         rows.append(row)
         print(f'{name:24s} {row["step_ms"]:9.1f} {ips:8.2f} {_fmt(row["gflop_per_img"])} '
-              f'{_fmt(row["achieved_gflop_s"], 8)} {memory[name]:9.0f} '
+              f'{_fmt(row["achieved_gflop_s"], 8)} {_fmt(memory[name], 9, 0)} '
               f'{row["speedup_vs_simmim_own"]:20.2f}x {row["speedup_vs_simmim_075"]:15.2f}x '
-              f'{row["memory_vs_simmim_own"]:14.2f}x')
+              f'{_fmt(row["memory_vs_simmim_own"], 14, 2)}x')
     return rows
 
 
@@ -302,8 +305,12 @@ def flop_columns(gflop, img_per_s):
     return dict(gflop_per_img=gflop, achieved_gflop_s=None if gflop is None else gflop * img_per_s)
 
 
-def _fmt(value, width=9):
-    return f'{value:{width}.1f}' if value is not None else f'{"-":>{width}s}'
+def _fmt(value, width=9, digits=1):
+    return f'{value:{width}.{digits}f}' if value is not None else f'{"-":>{width}s}'
+
+
+def _ratio(a, b):
+    return None if a is None or b is None else a / max(b, 1e-9)
 
 
 def report_twins(args, times, memory, gflop=None):
@@ -320,12 +327,13 @@ def report_twins(args, times, memory, gflop=None):
     for name in med:
         row = dict(model=name, step_ms=med[name] * 1e3, img_per_s=args.batch / med[name],
                    peak_mib=memory[name], speedup_vs_dense=med[base] / med[name],
-                   memory_vs_dense=memory[name] / max(memory[base], 1e-9))
+                   memory_vs_dense=_ratio(memory[name], memory[base]))
         row.update(flop_columns(gflop.get(name), row['img_per_s']))
         rows.append(row)
         print(f'{name:28s} {row["step_ms"]:9.1f} {row["img_per_s"]:8.2f} '
-              f'{_fmt(row["gflop_per_img"])} {_fmt(row["achieved_gflop_s"], 8)} {memory[name]:9.0f} '
-              f'{row["speedup_vs_dense"]:14.2f}x {row["memory_vs_dense"]:15.2f}x')
+              f'{_fmt(row["gflop_per_img"])} {_fmt(row["achieved_gflop_s"], 8)} '
+              f'{_fmt(memory[name], 9, 0)} '
+              f'{row["speedup_vs_dense"]:14.2f}x {_fmt(row["memory_vs_dense"], 15, 2)}x')
     return rows
 
 
@@ -340,7 +348,7 @@ def main(argv=None):
     if args.only:
         return child_memory(args)
     times = time_all(args)
-    memory = {name: peak_memory(args, name) for name in times}
+    memory = {name: None if args.no_memory else peak_memory(args, name) for name in times}
     gflop = {} if args.no_flops else {name: gflop_per_image(args, name) for name in times}
     rows = report(args, times, memory, gflop)
     if args.json:
