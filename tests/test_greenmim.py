@@ -12,6 +12,7 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
+from mmengine.registry import init_default_scope
 
 import greenmim_mm  # noqa: F401
 from greenmim_mm.models.algorithms import GreenMIM, draw_unit_mask
@@ -320,7 +321,7 @@ def test_paper_configs(name):
     assert cfg.model.backbone.drop_path_rate == 0.0 and cfg.model.backbone.img_size == 224
     assert cfg.train_dataloader.batch_size == 256
     assert cfg.train_dataloader.dataset.with_label is False
-    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    assert cfg.optim_wrapper.type == 'AutocastOptimWrapper' and cfg.optim_wrapper.dtype == 'bfloat16'
     assert cfg.optim_wrapper.optimizer.betas == (0.9, 0.95)
     assert cfg.auto_scale_lr == dict(base_batch_size=256, enable=True)
     warm, cos = cfg.param_scheduler
@@ -337,9 +338,8 @@ def test_paper_weight_decay_groups():
     from mmengine.optim import build_optim_wrapper
     cfg = Config.fromfile(osp.join(ROOT, 'configs', 'pretrain', PAPER[1]))
     model = tiny_greenmim()
-    wrapper_cfg = cfg.optim_wrapper.copy()
-    wrapper_cfg.type = 'OptimWrapper'
-    wrapper_cfg.pop('loss_scale')
+    wrapper_cfg = cfg.optim_wrapper.copy()   # AutocastOptimWrapper: builds on the CPU too
+    init_default_scope('greenmim_mm')
     wrapper = build_optim_wrapper(model, wrapper_cfg)
     names = {id(p): n for n, p in model.named_parameters()}
     for group in wrapper.optimizer.param_groups:
@@ -359,9 +359,8 @@ def test_paper_lr_is_1e4_per_256_images(gpus, lr):
     from mmengine.optim import build_optim_wrapper
     from mmengine.runner import Runner
     cfg = Config.fromfile(osp.join(ROOT, 'configs', 'pretrain', PAPER[0]))
-    wrapper_cfg = cfg.optim_wrapper.copy()
-    wrapper_cfg.type = 'OptimWrapper'
-    wrapper_cfg.pop('loss_scale')
+    wrapper_cfg = cfg.optim_wrapper.copy()   # AutocastOptimWrapper: builds on the CPU too
+    init_default_scope('greenmim_mm')
     wrapper = build_optim_wrapper(torch.nn.Linear(2, 2), wrapper_cfg)
     runner = SimpleNamespace(_train_dataloader=cfg.train_dataloader, world_size=gpus,
                              logger=MMLogger.get_current_instance(), param_schedulers=None)

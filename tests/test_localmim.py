@@ -429,7 +429,7 @@ def test_paper_configs(name):
     assert cfg.train_cfg.max_epochs == epochs
     warm, cos = cfg.param_scheduler
     assert (warm.end, cos.begin, cos.end, cos.eta_min) == (warmup, warmup, epochs, 0.0)
-    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    assert cfg.optim_wrapper.type == 'AutocastOptimWrapper' and cfg.optim_wrapper.dtype == 'bfloat16'
     assert cfg.optim_wrapper.optimizer.betas == (0.9, 0.95)
     assert cfg.auto_scale_lr == dict(base_batch_size=256, enable=True)
     gpus_batch = 8 * cfg.train_dataloader.batch_size

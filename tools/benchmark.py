@@ -8,7 +8,10 @@ loss (the visible units' latents go to the decoder, as in GreenMIM).
 
 One step = forward + backward + AdamW step on one batch. The models are timed alternately, round
 by round, in one process, so machine noise hits all of them alike; the table reports the median
-step time, images/s, peak memory and the ratios to SimMIM. Memory: on CUDA the allocator's peak
+step time, images/s, GFLOP per image, achieved GFLOP/s, peak memory and the ratios to SimMIM.
+FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` over one forward + backward on the meta
+device (matrix products, convolutions and attention; elementwise ops and the optimizer are not
+counted), divided by the batch; achieved GFLOP/s = GFLOP per image x images/s. Memory: on CUDA the allocator's peak
 per model (measured in its own pass); on CPU the peak resident-set growth of a child process that
 runs only that model (growth over a warm-up step's resident set).
 
@@ -51,6 +54,10 @@ def parse_args(argv=None):
     p.add_argument('--backends', nargs='+', default=['sdpa'], choices=['sdpa', 'flex'])
     p.add_argument('--only', default=None, help=argparse.SUPPRESS)  # child: memory of one model
     p.add_argument('--json', default=None, help='also write the results to this file')
+    p.add_argument('--no-memory', action='store_true',
+                   help='skip the peak-memory pass (on the CPU: one child process per model)')
+    p.add_argument('--no-flops', action='store_true',
+                   help='skip the FLOP count (GFLOP/img and GFLOP/s columns show "-")')
     return p.parse_args(argv)
 
 
@@ -137,7 +144,7 @@ class DenseMaskTokenTwins(torch.nn.Module):
         mask = m.next_mask(img.shape[-2:])
         x, hw = bb.patch_embeds[0](img)
         hidden = upsample_mask(mask, bb.mask_unit // bb.patch_stride).reshape(1, -1, 1)
-        x = torch.where(hidden.to(x.device), self.mask_token.to(x.dtype), x)
+        x = torch.where(hidden.to(x.device, non_blocking=True), self.mask_token.to(x.dtype), x)
         for i in range(bb.num_stage):
             if i > 0:
                 x, hw = bb.patch_embeds[i](x)
@@ -149,7 +156,8 @@ class DenseMaskTokenTwins(torch.nn.Module):
             x = getattr(bb, f'norm_after_stage{i}')(x)
             if i < bb.num_stage - 1:
                 x = x.reshape(x.shape[0], *hw, -1).permute(0, 3, 1, 2)
-        latent = x[:, ~mask.reshape(-1).to(x.device)]
+        from greenmim_mm.models.necks.grid_decoder import visible_cell_index
+        latent = x.index_select(1, visible_cell_index(mask).to(x.device, non_blocking=True))
         return dict(loss=masked_cell_loss(m.neck, m.head, latent, img, mask))
 
 
@@ -209,6 +217,20 @@ def time_all(args):
     return times
 
 
+def gflop_per_image(args, name):
+    """GFLOP of one training step's forward + backward per image (``FlopCounterMode`` on the
+    meta device: no compute, the same shapes and ops as the timed model)."""
+    import argparse as _argparse
+    from torch.utils.flop_counter import FlopCounterMode
+    kind, ratio, backend = next(v[1:] for v in variants(args) if v[0] == name)
+    meta = _argparse.Namespace(**dict(vars(args), device='meta', amp=False))
+    model = build(kind, ratio, backend, meta)
+    x, samples = make_batch(kind, ratio, meta, torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counter:
+        model.loss(x, samples)['loss'].backward()
+    return counter.get_total_flops() / args.batch / 1e9
+
+
 def peak_memory(args, name):
     """Peak memory (MiB) of one model's training steps."""
     kind, ratio, backend = next(v[1:] for v in variants(args) if v[0] == name)
@@ -250,47 +272,68 @@ def child_memory(args):
     print((_status_kib('VmHWM') - base) / 1024)
 
 
-def report(args, times, memory):
+def report(args, times, memory, gflop=None):
     """Print the table and the ratios; return the rows."""
+    gflop = gflop or {}
     if args.backbone == 'twins':
-        return report_twins(args, times, memory)
+        return report_twins(args, times, memory, gflop)
     med = {n: statistics.median(t) for n, t in times.items()}
     rows = []
     print(f'\nSwin-{args.arch} @{args.img_size}px, batch {args.batch}, device {args.device}, '
           f'{"bf16 AMP" if args.amp else "fp32"}, {args.iters} alternating rounds '
           f'(median step = forward + backward + AdamW)')
-    print(f'{"model":24s} {"step ms":>9s} {"img/s":>8s} {"peak MiB":>9s} '
-          f'{"speed vs SimMIM r0.6":>21s} {"vs SimMIM r0.75":>16s} {"memory vs r0.6":>15s}')
+    print(f'{"model":24s} {"step ms":>9s} {"img/s":>8s} {"GFLOP/img":>9s} {"GFLOP/s":>8s} '
+          f'{"peak MiB":>9s} {"speed vs SimMIM r0.6":>21s} {"vs SimMIM r0.75":>16s} '
+          f'{"memory vs r0.6":>15s}')
     for name in med:
         ips = args.batch / med[name]
         row = dict(model=name, step_ms=med[name] * 1e3, img_per_s=ips, peak_mib=memory[name],
                    speedup_vs_simmim_own=med['SimMIM r0.6'] / med[name],
                    speedup_vs_simmim_075=med['SimMIM r0.75'] / med[name],
-                   memory_vs_simmim_own=memory[name] / max(memory['SimMIM r0.6'], 1e-9))
+                   memory_vs_simmim_own=_ratio(memory[name], memory['SimMIM r0.6']))
+        row.update(flop_columns(gflop.get(name), ips))
         rows.append(row)
-        print(f'{name:24s} {row["step_ms"]:9.1f} {ips:8.2f} {memory[name]:9.0f} '
+        print(f'{name:24s} {row["step_ms"]:9.1f} {ips:8.2f} {_fmt(row["gflop_per_img"])} '
+              f'{_fmt(row["achieved_gflop_s"], 8)} {_fmt(memory[name], 9, 0)} '
               f'{row["speedup_vs_simmim_own"]:20.2f}x {row["speedup_vs_simmim_075"]:15.2f}x '
-              f'{row["memory_vs_simmim_own"]:14.2f}x')
+              f'{_fmt(row["memory_vs_simmim_own"], 14, 2)}x')
     return rows
 
 
-def report_twins(args, times, memory):
+def flop_columns(gflop, img_per_s):
+    """GFLOP per image and achieved GFLOP/s (None when not counted)."""
+    return dict(gflop_per_img=gflop, achieved_gflop_s=None if gflop is None else gflop * img_per_s)
+
+
+def _fmt(value, width=9, digits=1):
+    return f'{value:{width}.{digits}f}' if value is not None else f'{"-":>{width}s}'
+
+
+def _ratio(a, b):
+    return None if a is None or b is None else a / max(b, 1e-9)
+
+
+def report_twins(args, times, memory, gflop=None):
     """Twins table: every model against the dense baseline (the first variant)."""
     med = {n: statistics.median(t) for n, t in times.items()}
     base = next(iter(med))
     print(f'\nTwins-SVT-{args.arch} @{args.img_size}px, batch {args.batch}, device '
           f'{args.device}, {"bf16 AMP" if args.amp else "fp32"}, {args.iters} alternating rounds '
           f'(median step = forward + backward + AdamW), mask ratio {GREENMIM_RATIO}')
-    print(f'{"model":28s} {"step ms":>9s} {"img/s":>8s} {"peak MiB":>9s} '
-          f'{"speed vs dense":>15s} {"memory vs dense":>16s}')
+    gflop = gflop or {}
+    print(f'{"model":28s} {"step ms":>9s} {"img/s":>8s} {"GFLOP/img":>9s} {"GFLOP/s":>8s} '
+          f'{"peak MiB":>9s} {"speed vs dense":>15s} {"memory vs dense":>16s}')
     rows = []
     for name in med:
         row = dict(model=name, step_ms=med[name] * 1e3, img_per_s=args.batch / med[name],
                    peak_mib=memory[name], speedup_vs_dense=med[base] / med[name],
-                   memory_vs_dense=memory[name] / max(memory[base], 1e-9))
+                   memory_vs_dense=_ratio(memory[name], memory[base]))
+        row.update(flop_columns(gflop.get(name), row['img_per_s']))
         rows.append(row)
-        print(f'{name:28s} {row["step_ms"]:9.1f} {row["img_per_s"]:8.2f} {memory[name]:9.0f} '
-              f'{row["speedup_vs_dense"]:14.2f}x {row["memory_vs_dense"]:15.2f}x')
+        print(f'{name:28s} {row["step_ms"]:9.1f} {row["img_per_s"]:8.2f} '
+              f'{_fmt(row["gflop_per_img"])} {_fmt(row["achieved_gflop_s"], 8)} '
+              f'{_fmt(memory[name], 9, 0)} '
+              f'{row["speedup_vs_dense"]:14.2f}x {_fmt(row["memory_vs_dense"], 15, 2)}x')
     return rows
 
 
@@ -305,8 +348,9 @@ def main(argv=None):
     if args.only:
         return child_memory(args)
     times = time_all(args)
-    memory = {name: peak_memory(args, name) for name in times}
-    rows = report(args, times, memory)
+    memory = {name: None if args.no_memory else peak_memory(args, name) for name in times}
+    gflop = {} if args.no_flops else {name: gflop_per_image(args, name) for name in times}
+    rows = report(args, times, memory, gflop)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(args=vars(args), rows=rows), f, indent=1)

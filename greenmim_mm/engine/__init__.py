@@ -1,5 +1,6 @@
 """Training-engine components: optimizer-wrapper constructors and hooks (checkpoints, non-finite
 loss, skipped samples)."""
+from .autocast_wrapper import AutocastOptimWrapper
 from .checkpoint_hook import (CheckpointMismatchError, LearningRateOverflowError,
                               SafeCheckpointHook)
 from .layer_decay import SwinLayerDecayOptimWrapperConstructor, backbone_layer_depth
@@ -7,7 +8,8 @@ from .non_finite_loss import NonFiniteLossError, NonFiniteLossHook, NonFiniteWei
 from .skipped_samples import SkippedSamplesHook, TooManyBadSamplesError
 from .work_dir_lock import WorkDirBusyError
 
-__all__ = ['SafeCheckpointHook', 'SwinLayerDecayOptimWrapperConstructor', 'backbone_layer_depth',
+__all__ = ['AutocastOptimWrapper', 'SafeCheckpointHook', 'SwinLayerDecayOptimWrapperConstructor',
+           'backbone_layer_depth',
            'NonFiniteLossError', 'NonFiniteLossHook', 'NonFiniteWeightsError', 'SkippedSamplesHook',
            'TooManyBadSamplesError', 'CheckpointMismatchError', 'LearningRateOverflowError',
            'WorkDirBusyError']

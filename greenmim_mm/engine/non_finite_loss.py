@@ -14,30 +14,88 @@ class NonFiniteLossError(RuntimeError):
 
 @HOOKS.register_module()
 class NonFiniteLossHook(Hook):
-    """Raise :class:`NonFiniteLossError` after the first training iteration whose loss is NaN or
-    infinite, naming the iteration, the epoch and the non-finite loss terms.
+    """Raise :class:`NonFiniteLossError` when a training iteration's loss was NaN or infinite,
+    naming that iteration, its epoch and batch, and the non-finite loss terms with their values.
 
-    Checks every iteration (mmdet's ``CheckInvalidLossHook`` checks every 50 and only asserts).
-    Priority ``ABOVE_NORMAL``: it runs before ``LoggerHook`` (``BELOW_NORMAL``) and
-    ``CheckpointHook`` (``VERY_LOW``), so no checkpoint of that iteration (or any later one) is
-    written; the process exits with the error. On fp16 AMP, the loss scaler already skips steps
-    whose *gradients* overflow; a loss that is itself non-finite is what this catches.
+    No read of the device per iteration: every iteration folds ``isfinite`` of each loss term
+    into a device-side record (first bad iteration, batch index and term values: tensor ops
+    only); the host reads it every ``interval`` iterations, before every checkpoint is written
+    (``before_save_checkpoint``), and at the end of every epoch and of training. So a NaN loss
+    stops the run at most ``interval - 1`` iterations later and before any checkpoint of an
+    iteration at or after it (mmdet's ``CheckInvalidLossHook`` checks every 50 and only
+    asserts). ``interval=1`` checks every iteration (one sync per iteration).
+
+    Priority ``ABOVE_NORMAL``: it runs before ``LoggerHook`` (``BELOW_NORMAL``) and the
+    checkpoint hook (``VERY_LOW``, whose ``before_save_checkpoint`` also runs after this one's);
+    the process exits with the error. Loss values that are Python numbers are checked at once.
+
+    Args:
+        interval (int): iterations between two reads of the device record (default 10).
     """
 
     priority = 'ABOVE_NORMAL'
 
+    def __init__(self, interval: int = 10):
+        if not isinstance(interval, int) or interval < 1:
+            raise ValueError(f'NonFiniteLossHook interval must be a positive int; got {interval!r}')
+        self.interval = interval
+        self._record = None  # device: first bad (iteration, batch index), or (-1, -1)
+        self._values = {}    # term -> device value at the first bad iteration
+
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,
                          outputs: Optional[dict] = None) -> None:
-        if not outputs:
+        terms = {k: v for k, v in (outputs or {}).items() if 'loss' in k}
+        plain = {k: float(v) for k, v in terms.items() if isinstance(v, (int, float))}
+        if any(not math.isfinite(v) for v in plain.values()):
+            self._raise(runner, runner.iter + 1, batch_idx + 1,
+                        {k: v for k, v in plain.items() if not math.isfinite(v)})
+        tensors = {k: v.detach().float().mean() for k, v in terms.items()
+                   if isinstance(v, torch.Tensor) and v.numel()}
+        if tensors:
+            self._fold(runner.iter + 1, batch_idx + 1, tensors)
+        if (runner.iter + 1) % self.interval == 0:
+            self.check(runner)
+
+    def _fold(self, iteration: int, batch: int, tensors: dict) -> None:
+        """Record the first non-finite iteration on the device (no host read)."""
+        device = next(iter(tensors.values())).device
+        if self._record is None or self._record.device != device:
+            self._record = torch.full((2, ), -1, dtype=torch.int64, device=device)
+        bad = torch.stack([~torch.isfinite(v) for v in tensors.values()]).any()
+        first = bad & (self._record[0] < 0)
+        here = torch.tensor([iteration, batch], dtype=torch.int64).to(device, non_blocking=True)
+        self._record = torch.where(first, here, self._record)
+        for k, v in tensors.items():
+            old = self._values.get(k, torch.zeros((), device=device))
+            self._values[k] = torch.where(first, v, old)
+
+    def check(self, runner) -> None:
+        """Read the device record (one sync) and raise if a non-finite loss was recorded."""
+        if self._record is None:
             return
-        bad = {k: _as_float(v) for k, v in outputs.items() if 'loss' in k}
-        bad = {k: v for k, v in bad.items() if v is not None and not math.isfinite(v)}
-        if bad:
-            terms = ', '.join(f'{k}={v}' for k, v in bad.items())
-            raise NonFiniteLossError(
-                f'Non-finite loss at iteration {runner.iter + 1} (epoch {runner.epoch + 1}, '
-                f'batch {batch_idx + 1} of the epoch): {terms}. Training stopped; no checkpoint '
-                f'of this iteration was written (checkpoints in {runner.work_dir} are older).')
+        iteration, batch = (int(v) for v in self._record.tolist())
+        if iteration >= 0:
+            values = {k: float(v) for k, v in self._values.items()}
+            self._raise(runner, iteration, batch,
+                        {k: v for k, v in values.items() if not math.isfinite(v)})
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        self.check(runner)
+
+    def after_train_epoch(self, runner) -> None:
+        self.check(runner)
+
+    def after_train(self, runner) -> None:
+        self.check(runner)
+
+    @staticmethod
+    def _raise(runner, iteration: int, batch: int, bad: dict) -> None:
+        terms = ', '.join(f'{k}={v}' for k, v in bad.items())
+        raise NonFiniteLossError(
+            f'Non-finite loss at iteration {iteration} (epoch {runner.epoch + 1}, batch {batch} '
+            f'of the epoch): {terms}. Training stopped (found at iteration {runner.iter + 1}); no '
+            f'checkpoint of this or a later iteration was written (checkpoints in '
+            f'{runner.work_dir} are older).')
 
 
 class NonFiniteWeightsError(NonFiniteLossError):
@@ -60,11 +118,3 @@ def check_finite_weights(state_dict: dict, iteration: int, work_dir: str) -> Non
             f'Non-finite weights after iteration {iteration}: {len(bad)} of {len(state_dict)} '
             f'tensors of the model state hold NaN or inf (first: {", ".join(bad[:3])}). Training '
             f'stopped; this checkpoint was not written (checkpoints in {work_dir} are older).')
-
-
-def _as_float(value) -> Optional[float]:
-    if isinstance(value, torch.Tensor):
-        return float(value.detach().float().mean()) if value.numel() else None
-    if isinstance(value, (int, float)):
-        return float(value)
-    return None

@@ -73,3 +73,14 @@ def check_mask(mask: torch.Tensor, img_hw: Sequence[int], unit: int = MASK_UNIT)
 def upsample_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
     """(Hu, Wu) unit mask -> (Hu*factor, Wu*factor) token mask (each unit repeated factor x factor)."""
     return mask.repeat_interleave(factor, 0).repeat_interleave(factor, 1)
+
+
+def visible_patch_index(mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) bool mask, True = masked -> (B, N_vis) int64 indices of the visible patches,
+    ascending (computed on the host: a device mask is read back once). ValueError unless every
+    row has the same, non-zero number of visible patches."""
+    visible = ~mask.cpu()
+    counts = visible.sum(1)
+    if counts.numel() == 0 or bool((counts != counts[0]).any()) or int(counts[0]) == 0:
+        raise ValueError('every sample needs the same, non-zero number of visible patches')
+    return visible.nonzero()[:, 1].view(mask.shape[0], int(counts[0]))

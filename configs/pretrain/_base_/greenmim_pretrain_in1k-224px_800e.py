@@ -49,7 +49,8 @@ data_preprocessor = dict(
     type='SelfSupDataPreprocessor',
     mean=[123.675, 116.28, 103.53],
     std=[58.395, 57.12, 57.375],
-    to_rgb=True)
+    to_rgb=True,
+    non_blocking=True)  # images copied from the loader's pinned memory without a sync
 
 train_pipeline = [
     dict(type='LoadImageFromFileOrSkip'),  # unreadable files are skipped (SkippedSamplesHook)
@@ -80,9 +81,12 @@ train_dataloader = dict(
 
 # The optimizer's lr is the lr at 256 images; auto_scale_lr multiplies it by
 # (GPUs x batch_size) / 256, e.g. 8 x 256 -> 8e-4 (the official lr = blr * 2048 / 256).
+# Mixed precision: bf16 autocast without a loss scaler (A100/H100 and newer; no GradScaler, whose
+# overflow check reads the GPU every step). On fp16-only GPUs (V100, T4) override with
+#   optim_wrapper = dict(type='AmpOptimWrapper', dtype='float16', loss_scale='dynamic')
 optim_wrapper = dict(
-    type='AmpOptimWrapper',
-    loss_scale='dynamic',
+    type='AutocastOptimWrapper',
+    dtype='bfloat16',
     optimizer=dict(type='AdamW', lr=blr, betas=(0.9, 0.95), weight_decay=0.05),
     paramwise_cfg=dict(
         norm_decay_mult=0.0,

@@ -11,10 +11,13 @@ import torch
 from mmengine.dist import get_rank
 from mmpretrain.models.selfsup import BaseSelfSupervisor
 
-from greenmim_mm.models.necks.grid_decoder import decode_cells, masked_cell_index
+from greenmim_mm.models.necks.grid_decoder import (decode_cells, masked_cell_index,
+                                                   visible_cell_index)
 from greenmim_mm.ops.masking import (check_mask_ratio, num_visible_units, random_unit_mask,
                                      unit_grid)
 from greenmim_mm.registry import MODELS
+
+from .step_plan import PlanPrefetcher, pack_plan
 
 
 def mask_generator_seed(base_seed: int, rank: int, step: int) -> int:
@@ -57,12 +60,18 @@ class GreenMIM(BaseSelfSupervisor):
     persistent buffer ``mask_step`` (int64, in the state dict), so resuming from a checkpoint
     draws exactly the masks an uninterrupted run would; ranks draw different masks. The global
     torch RNG is neither used nor advanced.
+
+    The step's plan (mask, backbone geometry, decoder cell indices, loss weights; ``build_plan``)
+    is a pure function of (seed, rank, step, image size, device); with ``prefetch_plan`` (default
+    True) the plan of the next step is built in a background thread while the current one runs,
+    and every plan reaches the device in one non-blocking copy of one (pinned) buffer
+    (``step_plan``). The masks and resume are the same either way.
     """
 
     def __init__(self, backbone: dict, neck: dict, head: dict, mask_ratio: float = 0.75,
                  mask_seed: Optional[int] = None, pretrained: Optional[str] = None,
                  data_preprocessor: Optional[Union[dict, torch.nn.Module]] = None,
-                 init_cfg: Optional[Union[dict, List[dict]]] = None):
+                 init_cfg: Optional[Union[dict, List[dict]]] = None, prefetch_plan: bool = True):
         self.mask_ratio = check_mask_ratio(mask_ratio)
         # Build through our registry (mmpretrain's base class would use mmpretrain's, which
         # does not know our components unless the default scope is greenmim_mm).
@@ -76,6 +85,8 @@ class GreenMIM(BaseSelfSupervisor):
         self.base_seed = None if mask_seed is None else int(mask_seed)
         self.register_buffer('mask_step', torch.zeros((), dtype=torch.int64), persistent=True)
         self._step = 0  # host mirror of ``mask_step``: no device sync to read it
+        self.prefetch_plan = bool(prefetch_plan)
+        self._prefetcher = PlanPrefetcher()
 
     # ------------------------------------------------------------------ mask bookkeeping
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -91,14 +102,53 @@ class GreenMIM(BaseSelfSupervisor):
         """The mask of the current step for this rank (CPU bool (Hu, Wu)); advances the step."""
         if self.base_seed is None:
             self.base_seed = int(torch.initial_seed())
-        mask = draw_unit_mask(unit_grid(img_hw, self.unit), self.mask_ratio, self.base_seed,
-                              get_rank(), self._step)
+        mask = self.draw_step_mask(tuple(img_hw), self.base_seed, get_rank(), self._step)
+        self._advance()
+        return mask
+
+    def _advance(self) -> None:
+        self._step += 1
+        self.mask_step.fill_(self._step)
+
+    def draw_step_mask(self, img_hw: Tuple[int, int], base_seed: int, rank: int,
+                       step: int) -> torch.Tensor:
+        """The mask of (seed, rank, step) for images of ``img_hw`` (CPU bool (Hu, Wu));
+        ValueError when it masks no unit."""
+        mask = draw_unit_mask(unit_grid(img_hw, self.unit), self.mask_ratio, base_seed, rank,
+                              step)
         if not bool(mask.any()):
             raise ValueError(f'mask_ratio={self.mask_ratio} masks no unit of the '
                              f'{tuple(mask.shape)} unit grid of a {tuple(img_hw)} input')
-        self._step += 1
-        self.mask_step.fill_(self._step)
         return mask
+
+    # ------------------------------------------------------------------ the step's plan
+    def plan_shape(self, img: torch.Tensor) -> tuple:
+        """What of the batch the plan depends on: the image size (H, W)."""
+        return tuple(int(s) for s in img.shape[-2:])
+
+    def plan_tensors(self, mask: torch.Tensor, shape: tuple, device: torch.device) -> dict:
+        """Host tensors of a step's plan: the backbone geometry and the decoder's cells."""
+        return dict(geometry=self.backbone.sparse_geometry(mask, shape, device),
+                    cells=cell_plan(mask))
+
+    def build_plan(self, key: tuple):
+        """The packed plan (``step_plan.PackedPlan``) of ``key`` = (step, plan_shape, device,
+        training, base seed, rank): a pure function of the key (run in the prefetch thread)."""
+        step, shape, device, _, seed, rank = key
+        mask = self.draw_step_mask(shape, seed, rank, step)
+        return pack_plan(dict(mask=mask, **self.plan_tensors(mask, shape, device)), device)
+
+    def take_plan(self, img: torch.Tensor) -> Tuple[torch.Tensor, dict]:
+        """This step's (host mask, plan on ``img``'s device); advances the step and, with
+        ``prefetch_plan``, starts building the next step's plan."""
+        if self.base_seed is None:
+            self.base_seed = int(torch.initial_seed())
+        key = (self._step, self.plan_shape(img), img.device, self.training, self.base_seed,
+               get_rank())
+        next_key = (key[0] + 1, ) + key[1:] if self.prefetch_plan else None
+        packed = self._prefetcher.get(key, self.build_plan, next_key)
+        self._advance()
+        return packed.host['mask'], packed.to(img.device)
 
     # ------------------------------------------------------------------ forward paths
     def extract_feat(self, inputs: torch.Tensor) -> Tuple[torch.Tensor, ...]:
@@ -117,9 +167,10 @@ class GreenMIM(BaseSelfSupervisor):
         The decoder predicts the masked units only (``decode_cells``), the only ones the loss
         reads: the same loss as predicting every unit (tested), for less decoder work."""
         img = _single_view(inputs)
-        mask = self.next_mask(img.shape[-2:])
-        latent = self.backbone(img, mask=mask)[-1]
-        return dict(loss=masked_cell_loss(self.neck, self.head, latent, img, mask))
+        mask, plan = self.take_plan(img)
+        latent = self.backbone(img, mask=mask, geometry=plan['geometry'])[-1]
+        return dict(loss=masked_cell_loss(self.neck, self.head, latent, img, mask,
+                                          plan['cells']))
 
     @torch.no_grad()
     def reconstruct(self, inputs: Union[torch.Tensor, List[torch.Tensor]],
@@ -140,14 +191,25 @@ class GreenMIM(BaseSelfSupervisor):
         return self.head.to_image(pred, img), mask
 
 
+def cell_plan(mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Host tensors a masked-cell loss needs for a (H, W) bool mask: ``cells`` (masked cells'
+    raster indices), ``visible`` (visible cells'), ``weight`` (the mask itself)."""
+    return dict(cells=masked_cell_index(mask), visible=visible_cell_index(mask), weight=mask)
+
+
 def masked_cell_loss(neck: torch.nn.Module, head: torch.nn.Module, latent: torch.Tensor,
-                     img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+                     img: torch.Tensor, mask: torch.Tensor,
+                     plan: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
     """One decoder's loss on the masked cells of its grid: latent (B, N_vis, C) of the visible
     cells of ``mask`` (H, W) -> scalar ``head.loss`` of ``neck``'s predictions at the masked cells
-    only (equal to the loss of its predictions on the whole grid, whose visible cells weigh 0)."""
-    # non_blocking, as the geometry transfer: no stream synchronisation on CUDA
-    cells = masked_cell_index(mask).to(latent.device, non_blocking=True)
-    return head.loss(decode_cells(neck, latent, mask, cells), img, mask, cells)
+    only (equal to the loss of its predictions on the whole grid, whose visible cells weigh 0).
+    ``plan``: :func:`cell_plan` of ``mask`` already on the latent's device (else built here and
+    copied non-blocking)."""
+    if plan is None:
+        plan = {k: v.to(latent.device, non_blocking=True) for k, v in cell_plan(mask).items()}
+    cells = plan['cells']
+    pred = decode_cells(neck, latent, mask, cells, plan['visible'])
+    return head.loss(pred, img, plan['weight'], cells)
 
 
 class ModelConfigError(ValueError):

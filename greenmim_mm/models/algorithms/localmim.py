@@ -13,8 +13,8 @@ import torch.nn as nn
 from greenmim_mm.ops.masking import unit_grid, upsample_mask
 from greenmim_mm.registry import MODELS
 
-from .greenmim import (GreenMIM, ModelConfigError, _build, _single_view, check_decoder_widths,
-                       draw_unit_mask, masked_cell_loss)
+from .greenmim import (GreenMIM, ModelConfigError, _build, _single_view, cell_plan,
+                       check_decoder_widths, draw_unit_mask, masked_cell_loss)
 
 
 def out_strides(backbone: nn.Module) -> List[int]:
@@ -132,16 +132,28 @@ class LocalMIM(GreenMIM):
         """inputs: normalised images (B, C, H, W) -> {'loss_k': weighted loss of head k}
         (mmengine sums every 'loss*' entry)."""
         img = _single_view(inputs)
-        mask = self.step_mask(img)
+        mask, plan = self.take_plan(img)
         return {f'loss_{k}': w * loss for k, (w, loss) in
-                enumerate(zip(self.loss_weights, self.head_losses(img, mask)))}
+                enumerate(zip(self.loss_weights, self.head_losses(img, mask, plan)))}
 
-    def head_losses(self, img: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
+    def plan_tensors(self, mask: torch.Tensor, shape: tuple, device: torch.device) -> dict:
+        """Host tensors of a step's plan: the backbone geometry and every head's cells."""
+        return dict(geometry=self.backbone.sparse_geometry(mask, shape, device),
+                    cells=[cell_plan(m) for m in self.head_masks(mask)])
+
+    def head_losses(self, img: torch.Tensor, mask: torch.Tensor,
+                    plan: Optional[dict] = None) -> List[torch.Tensor]:
         """Every head's unweighted loss; each decoder predicts the masked cells of its grid
-        only (``masked_cell_loss``): the same losses as predicting every cell (tested)."""
-        feats = self.backbone(img, mask=mask)
-        return [masked_cell_loss(neck, head, feat, img, cells) for neck, head, feat, cells in
-                zip(self.neck, self.head, feats, self.head_masks(mask))]
+        only (``masked_cell_loss``): the same losses as predicting every cell (tested).
+        ``plan``: ``take_plan``'s device plan (else built here)."""
+        if plan is None:
+            feats = self.backbone(img, mask=mask)
+            cells = [None] * len(feats)
+        else:
+            feats = self.backbone(img, mask=mask, geometry=plan['geometry'])
+            cells = plan['cells']
+        return [masked_cell_loss(neck, head, feat, img, m, c) for neck, head, feat, m, c in
+                zip(self.neck, self.head, feats, self.head_masks(mask), cells)]
 
     def reconstruct(self, *args, **kwargs):
         """GreenMIM's single-image reconstruction has no LocalMIM counterpart (several heads,

@@ -1,11 +1,12 @@
 """LocalMIM on a columnar ViT (LocalMIM's official code)."""
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 from mmengine.dist import get_rank
 
 from greenmim_mm.models.backbones.localmim_vit import random_patch_masks
+from greenmim_mm.ops.masking import visible_patch_index
 from greenmim_mm.ops.masking import check_mask_ratio
 from greenmim_mm.registry import MODELS
 
@@ -76,18 +77,35 @@ class LocalMIMViT(LocalMIM):
         """This step's masks for this rank (CPU bool (B, h, w)); advances the step."""
         if self.base_seed is None:
             self.base_seed = int(torch.initial_seed())
-        mask = self.draw_masks(batch, self.base_seed, get_rank(), self._step)
-        self._step += 1
-        self.mask_step.fill_(self._step)
+        mask = self.draw_step_mask(batch, self.base_seed, get_rank(), self._step)
+        self._advance()
         return mask
 
-    def forward_masked(self, img: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
-        """img (B, C, H, W), mask (B, h, w) -> per head (B, L_k, D_k) predictions."""
-        feats = self.backbone(img, mask=mask.flatten(1))
-        return [neck(feat, mask) for neck, feat in zip(self.neck, feats)]
+    def draw_step_mask(self, batch: int, base_seed: int, rank: int, step: int) -> torch.Tensor:
+        return self.draw_masks(batch, base_seed, rank, step)
 
-    def head_losses(self, img: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
+    def plan_shape(self, img: torch.Tensor) -> int:
+        """The per-sample masks depend on the batch size."""
+        return int(img.shape[0])
+
+    def plan_tensors(self, mask: torch.Tensor, shape: int, device: torch.device) -> dict:
+        """Host tensors of a step's plan: visible patch indices (B, N_vis), every head's weights."""
+        return dict(visible=visible_patch_index(mask.flatten(1)), weights=self.head_masks(mask))
+
+    def forward_masked(self, img: torch.Tensor, mask: torch.Tensor,
+                       visible: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        """img (B, C, H, W), mask (B, h, w) -> per head (B, L_k, D_k) predictions; ``visible``:
+        ``visible_patch_index`` of the mask on the device (else computed here)."""
+        if visible is None:
+            visible = visible_patch_index(mask.flatten(1)).to(img.device, non_blocking=True)
+        feats = self.backbone(img, mask=mask.flatten(1), visible=visible)
+        return [neck(feat, mask, visible) for neck, feat in zip(self.neck, feats)]
+
+    def head_losses(self, img: torch.Tensor, mask: torch.Tensor,
+                    plan: Optional[dict] = None) -> List[torch.Tensor]:
         """Every head's unweighted loss from predictions of every cell (per-sample masks and the
         coarse head's fractional weights: no batch-shared set of cells to restrict to)."""
+        visible, weights = (None, self.head_masks(mask)) if plan is None else (
+            plan['visible'], plan['weights'])
         return [head.loss(pred, img, weight) for head, pred, weight in
-                zip(self.head, self.forward_masked(img, mask), self.head_masks(mask))]
+                zip(self.head, self.forward_masked(img, mask, visible), weights)]

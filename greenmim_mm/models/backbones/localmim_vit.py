@@ -4,6 +4,7 @@ from typing import Optional, Tuple
 import torch
 from mmpretrain.models.selfsup import MAEViT
 
+from greenmim_mm.ops.masking import visible_patch_index
 from greenmim_mm.registry import MODELS
 from .pretrained import StrictPretrainedMixin
 
@@ -51,14 +52,16 @@ class LocalMIMMAEViT(StrictPretrainedMixin, MAEViT):
     OPTIONAL_MISSING = (r'ln1\.(weight|bias)', )
     OPTIONAL_UNEXPECTED = (r'ln1\.(weight|bias)', )
 
-    def forward(self, x: torch.Tensor,
-                mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                visible: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, ...]:
         if mask is None:
             return super().forward(x, mask=None)
-        return self.forward_visible(x, mask)
+        return self.forward_visible(x, mask, visible)
 
-    def forward_visible(self, x: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def forward_visible(self, x: torch.Tensor, mask: torch.Tensor,
+                        visible: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, ...]:
         """x (B, 3, H, W), mask (B, L) bool -> tuple of (B, 1 + N_vis, C) per out index.
+        ``visible``: ``visible_patch_index(mask)`` on x's device, if the caller has it.
         ValueError for a mask that is not a (B, L) bool tensor (e.g. MAEViT's ``mask=True``)."""
         x = self.patch_embed(x)[0] + self.pos_embed[:, 1:, :]
         b, num, dims = x.shape
@@ -69,11 +72,9 @@ class LocalMIMMAEViT(StrictPretrainedMixin, MAEViT):
         if mask.dtype != torch.bool or tuple(mask.shape) != (b, num):
             raise ValueError(f'mask must be a ({b}, {num}) bool tensor (True = masked); got '
                              f'{mask.dtype} {tuple(mask.shape)}')
-        visible = ~mask.to(x.device)
-        counts = visible.sum(1)
-        if bool((counts != counts[0]).any()) or int(counts[0]) == 0:
-            raise ValueError('every sample needs the same, non-zero number of visible patches')
-        x = x[visible].view(b, int(counts[0]), dims)
+        if visible is None:
+            visible = visible_patch_index(mask).to(x.device, non_blocking=True)
+        x = x.gather(1, visible[..., None].expand(-1, -1, dims))
         cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(b, -1, -1)
         x = torch.cat((cls, x), dim=1)
         outs = []

@@ -61,7 +61,9 @@ class CellReconstructionHead(BaseModule):
         masked cells, ``masked_cell_index``). ValueError when the shapes do not match the target.
         """
         target = self.construct_target(imgs)
-        weight = mask.to(device=pred.device, dtype=torch.float32).reshape(-1, target.shape[1])
+        # a host mask is copied non-blocking (no stream sync), then cast on the device
+        weight = mask.to(pred.device, non_blocking=True).to(torch.float32)
+        weight = weight.reshape(-1, target.shape[1])
         weight = weight.expand(target.shape[0], -1)
         if cells is not None:
             target, weight = target.index_select(1, cells), weight.index_select(1, cells)

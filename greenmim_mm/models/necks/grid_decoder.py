@@ -81,13 +81,16 @@ def _is_plain_encoder_layer(block: nn.Module) -> bool:
 
 
 def decode_cells(neck: nn.Module, latent: torch.Tensor, mask: torch.Tensor,
-                 cells: torch.Tensor) -> torch.Tensor:
+                 cells: torch.Tensor, visible: Optional[torch.Tensor] = None) -> torch.Tensor:
     """A decoder's predictions at ``cells`` only: (B, M, D), ``neck(latent, mask)[:, cells]``.
 
-    Decoders that take ``cells`` (``MAEGridDecoder``, ``LinearUnitDecoder``) compute only those;
+    Decoders that take ``cells`` (``MAEGridDecoder``, ``LinearUnitDecoder``) compute only those
+    (and take ``visible``, the mask's ``visible_cell_index`` already on the device, if given);
     any other neck predicts the whole grid, which is then indexed."""
     if getattr(neck, 'predicts_cells', False):
-        return neck(latent, mask, cells)
+        if visible is None:
+            return neck(latent, mask, cells)
+        return neck(latent, mask, cells, visible=visible)
     return neck(latent, mask).index_select(1, cells)
 
 
@@ -127,17 +130,19 @@ class GridPlacement(BaseModule):
         key = (int(grid_hw[0]), int(grid_hw[1]), like.device)
         if key not in self._pos_cache:
             pos = grid_sincos_embedding(grid_hw, self.mask_token.shape[-1])
-            self._pos_cache[key] = pos.to(like.device)[None]
+            self._pos_cache[key] = pos.to(like.device, non_blocking=True)[None]
         return self._pos_cache[key].to(like.dtype)
 
-    def place(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def place(self, tokens: torch.Tensor, mask: torch.Tensor,
+              visible: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Grid sequence: tokens (B, N_vis, D) + mask (H, W) -> (B, H*W, D).
 
         Visible token k goes to the k-th visible cell in raster order, the mask token to every
-        masked cell; then the sin-cos position of each cell is added. ValueError when N_vis is
-        not the mask's number of visible cells.
+        masked cell; then the sin-cos position of each cell is added. ``visible``: the mask's
+        ``visible_cell_index``, if the caller has it (e.g. on the device already). ValueError
+        when N_vis is not the mask's number of visible cells.
         """
-        vis = visible_cell_index(mask)
+        vis = visible_cell_index(mask) if visible is None else visible
         b, n, d = tokens.shape
         if n != vis.numel():
             raise ValueError(f'{n} latents for a mask with {vis.numel()} visible units '
@@ -184,10 +189,11 @@ class MAEGridDecoder(GridPlacement):
         self.decoder_pred = nn.Linear(embed_dims, self.pred_dims, bias=True)
 
     def forward(self, latent: torch.Tensor, mask: torch.Tensor,
-                cells: Optional[torch.Tensor] = None) -> torch.Tensor:
+                cells: Optional[torch.Tensor] = None,
+                visible: Optional[torch.Tensor] = None) -> torch.Tensor:
         """latent (B, N_vis, C_in), mask (H, W) -> predictions (B, H*W, pred_dims), or
-        (B, M, pred_dims) at ``cells``."""
-        x = self.place(self.decoder_embed(latent), mask)
+        (B, M, pred_dims) at ``cells``; ``visible`` as in ``place``."""
+        x = self.place(self.decoder_embed(latent), mask, visible)
         blocks = list(self.decoder_blocks)
         last = blocks.pop() if cells is not None and blocks else None
         for blk in blocks:

@@ -8,6 +8,7 @@ from mmengine.model import BaseModule
 from mmpretrain.models.backbones.vision_transformer import TransformerEncoderLayer
 from mmpretrain.models.utils import LayerNorm2d
 
+from greenmim_mm.ops.masking import visible_patch_index
 from greenmim_mm.registry import MODELS
 
 from .grid_decoder import grid_sincos_embedding
@@ -74,21 +75,26 @@ class LocalMIMViTDecoder(BaseModule):
         super().init_weights()
         nn.init.normal_(self.mask_token, std=.02)
 
-    def place(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, 1 + N_vis, D) + mask (B, h, w) -> (B, 1 + h*w, D) with positions added."""
+    def place(self, tokens: torch.Tensor, mask: torch.Tensor,
+              visible: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, 1 + N_vis, D) + mask (B, h, w) -> (B, 1 + h*w, D) with positions added.
+        ``visible``: ``visible_patch_index`` of the mask on the tokens' device (else computed
+        on the host and copied non-blocking)."""
         b, _, d = tokens.shape
-        hidden = mask.flatten(1).to(tokens.device)
-        if int((~hidden[0]).sum()) != tokens.shape[1] - 1:
+        if visible is None:
+            visible = visible_patch_index(mask.flatten(1)).to(tokens.device, non_blocking=True)
+        if visible.shape[1] != tokens.shape[1] - 1:
             raise ValueError(f'{tokens.shape[1] - 1} visible tokens for a mask with '
-                             f'{int((~hidden[0]).sum())} visible patches per sample')
-        grid = tokens.new_zeros(b, hidden.shape[1], d).masked_scatter(
-            ~hidden[..., None], tokens[:, 1:])
-        grid = torch.where(hidden[..., None], self.mask_token.to(tokens.dtype), grid)
-        pos = grid_sincos_embedding(tuple(mask.shape[1:]), d).to(tokens)
+                             f'{visible.shape[1]} visible patches per sample')
+        grid = self.mask_token.to(tokens.dtype).repeat(b, mask[0].numel(), 1)
+        grid = grid.scatter(1, visible[..., None].expand(-1, -1, d), tokens[:, 1:])
+        pos = grid_sincos_embedding(tuple(mask.shape[1:]), d)
+        pos = pos.to(tokens.device, non_blocking=True).to(tokens.dtype)
         return torch.cat((tokens[:, :1], grid + pos[None]), dim=1)
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = self.place(self.decoder_embed(self.in_norm(tokens)), mask)
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor,
+                visible: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = self.place(self.decoder_embed(self.in_norm(tokens)), mask, visible)
         for blk in self.decoder_blocks:
             x = blk(x)
         x = self.decoder_norm(x)[:, 1:]

@@ -1,0 +1,169 @@
+"""Find host-device synchronisations in a training step without a GPU (``SyncAudit``).
+
+A ``TorchDispatchMode`` sees every ATen call of the step (forward, autograd backward and the
+optimizer) and records the calls that make the host wait for the device, or that copy from
+the host in a blocking way, on a *device* that is not the CPU (the ``meta`` device in the tests
+and the CPU rehearsal, ``cuda`` on a GPU):
+
+* ``h2d_blocking``: a host (CPU) tensor copied to the device with ``non_blocking=False``
+  (``aten._to_copy`` / ``aten.copy_``), or a device op given a host tensor operand (e.g. a CPU
+  index into a device tensor, which the op copies itself, blocking). Not visible to a dispatch
+  mode: ``torch.tensor(data, device=dev)`` (its copy happens below the dispatcher).
+* ``read_back``: a device value read on the host: ``.item()``, ``float()``, ``int()``,
+  ``bool()`` (``aten._local_scalar_dense`` / ``aten.is_nonzero``), a device-to-host copy
+  (``.cpu()``, ``.tolist()``, ``.numpy()``), ``torch.equal``.
+* ``data_dependent``: an op whose output *shape* depends on device values (``nonzero``, boolean
+  indexing, ``masked_select``, ``unique``, ``repeat_interleave`` without ``output_size``):
+  CUDA must sync to learn the size, and ``torch.compile`` breaks the graph there.
+
+Every event keeps the op and the innermost frame of project code (file:line) that issued it.
+Ops on CPU tensors (the host-side plan, the optimizer's CPU step counters) are not events.
+
+On ``meta`` an event's op cannot run (no values); the audit then returns a stand-in so that the
+step can continue and every event is counted: False for a bool read, 1 for a number, an
+all-visible (upper bound) shape for ``nonzero`` (``meta_nonzero_assume_all_nonzero``). Counting
+is therefore exact for the first event and best effort after it; the tests assert that there
+are none.
+"""
+import collections
+import os
+import traceback
+from typing import List, NamedTuple
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+
+_READ_BACK = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.equal.default}
+_DATA_DEPENDENT = {aten.nonzero.default, aten.masked_select.default, aten._unique2.default,
+                   aten.unique_dim.default, aten.unique_consecutive.default,
+                   aten.argwhere.default}
+_COPIES = {aten._to_copy.default, aten.copy_.default}
+_PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class SyncEvent(NamedTuple):
+    kind: str     # 'h2d_blocking', 'read_back' or 'data_dependent'
+    op: str       # the ATen op
+    where: str    # innermost project frame, 'path:line in function'
+
+
+def _on_device(t) -> bool:
+    return isinstance(t, torch.Tensor) and t.device.type != 'cpu'
+
+
+def _on_host(t) -> bool:
+    return isinstance(t, torch.Tensor) and t.device.type == 'cpu'
+
+
+def _tensors(args, kwargs):
+    for a in list(args) + list(kwargs.values()):
+        if isinstance(a, (list, tuple)):
+            yield from (t for t in a if isinstance(t, torch.Tensor))
+        elif isinstance(a, torch.Tensor):
+            yield a
+
+
+def _mixes_host_and_device(args, kwargs) -> bool:
+    """A device op with a host operand of more than one element (a 0-d CPU tensor is a scalar
+    operand, e.g. the optimizer's step count, and is no copy)."""
+    ts = list(_tensors(args, kwargs))
+    return any(_on_device(t) for t in ts) and any(_on_host(t) and t.dim() > 0 for t in ts)
+
+
+def _caller() -> str:
+    """The innermost stack frame outside torch (the code that issued the op), as
+    'path:line in function', the path relative to the project root when inside it."""
+    frames = [f for f in traceback.extract_stack()
+              if f.filename != __file__ and '/torch/' not in f.filename]
+    if not frames:
+        return '?'
+    f = frames[-1]
+    root = os.path.dirname(_PROJECT)
+    path = os.path.relpath(f.filename, root) if f.filename.startswith(root) else f.filename
+    return f'{path}:{f.lineno} in {f.name}'
+
+
+def _stand_in(func, t: torch.Tensor):
+    """A value for a read of a meta tensor (which has none): False for a bool (the usual
+    'anything wrong?' test), 1 for a number."""
+    if func is not aten._local_scalar_dense.default or t.dtype == torch.bool:
+        return False
+    return 1.0 if t.is_floating_point() else 1
+
+
+class SyncAudit(TorchDispatchMode):
+    """Record the synchronising calls of the code run under it (see the module docstring).
+
+    Usage::
+
+        with SyncAudit() as audit:
+            step()
+        assert not audit.events, audit.summary()
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.events: List[SyncEvent] = []
+        self._patch = None
+
+    def __enter__(self):
+        # meta's nonzero (boolean indexing) assumes all-nonzero instead of refusing
+        from torch.fx.experimental import _config
+        self._patch = _config.patch(meta_nonzero_assume_all_nonzero=True)
+        self._patch.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            self._patch.__exit__(*exc)
+
+    def _record(self, kind: str, func) -> None:
+        self.events.append(SyncEvent(kind, str(func.overloadpacket.__name__), _caller()))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _COPIES:
+            self._check_copy(func, args, kwargs)
+        elif func in _READ_BACK and any(_on_device(a) for a in args):
+            self._record('read_back', func)
+            if args[0].device.type == 'meta':
+                return _stand_in(func, args[0])
+        elif func in _DATA_DEPENDENT and _on_device(args[0]):
+            self._record('data_dependent', func)
+        elif func is aten.index.Tensor and any(
+                _on_device(i) and i.dtype == torch.bool for i in (args[1] or []) if i is not None):
+            self._record('data_dependent', func)
+        elif func is aten.repeat_interleave.Tensor and _on_device(args[0]) and \
+                kwargs.get('output_size') is None:
+            self._record('data_dependent', func)
+        elif _mixes_host_and_device(args, kwargs):
+            self._record('h2d_blocking', func)   # the op copies its host operand itself
+        return func(*args, **kwargs)
+
+    def _check_copy(self, func, args, kwargs) -> None:
+        if func is aten._to_copy.default:
+            src, dst_device = args[0], kwargs.get('device') or args[0].device
+            non_blocking = kwargs.get('non_blocking', False)
+        else:
+            dst, src = args[0], args[1]
+            dst_device = dst.device
+            non_blocking = args[2] if len(args) > 2 else kwargs.get('non_blocking', False)
+        dst_device = torch.device(dst_device)
+        if _on_host(src) and dst_device.type != 'cpu' and not non_blocking:
+            self._record('h2d_blocking', func)
+        elif _on_device(src) and dst_device.type == 'cpu' and not non_blocking:
+            self._record('read_back', func)
+
+    def counts(self) -> dict:
+        """{kind: number of events}."""
+        return dict(collections.Counter(e.kind for e in self.events))
+
+    def summary(self) -> str:
+        """One line per distinct (kind, op, place) with its count."""
+        c = collections.Counter(self.events)
+        return '\n'.join(f'{n} x {e.kind} {e.op} at {e.where}' for e, n in c.most_common()) \
+            or 'no synchronising call'
