@@ -10,7 +10,6 @@ no random augmentation. One mask (from ``--seed``) is shared by all images, as i
 With norm-pix targets the predictions are de-standardised with the original units' mean/std
 (MAE's demo does the same). The grid is ``torchvision.utils.make_grid`` with white gutters.
 """
-import argparse
 from typing import List, Tuple
 
 import numpy as np
@@ -22,53 +21,38 @@ from mmengine.runner import load_checkpoint
 from PIL import Image
 from torchvision.utils import make_grid
 
+from greenmim_mm.cli_args import add_picture_arguments as add_arguments  # noqa: F401
+from greenmim_mm.cli_args import parse_reconstruction_args as parse_args
+from greenmim_mm.cli_args import positive_int  # noqa: F401
+
 GREY = 128
 PAD = 2  # px of white gutter around every image
 WHITE = 255
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}')
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'must be at least 1, got {value}')
-    return value
-
-
-def add_arguments(parser: argparse.ArgumentParser, algorithm: str, out: str,
-                  num: int) -> argparse.ArgumentParser:
-    """The options every reconstruction picture tool takes (config, checkpoint, --out, --num,
-    --data-root, --seed, --device); ``--num`` must be >= 1."""
-    parser.add_argument('config', help=f'the {algorithm} config the checkpoint was trained with')
-    parser.add_argument('checkpoint', help=f'a {algorithm} checkpoint (.pth)')
-    parser.add_argument('--out', default=out, help='output PNG')
-    parser.add_argument('--num', type=positive_int, default=num,
-                        help='number of images (columns)')
-    parser.add_argument('--data-root', help="override the dataset's data_root")
-    parser.add_argument('--seed', type=int, default=0, help='seed of the mask')
-    parser.add_argument('--device', default='cpu')
-    return parser
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog='visualize_reconstruction.py',
-                                     description='Visualise GreenMIM reconstructions')
-    return add_arguments(parser, 'GreenMIM', 'reconstruction.png', 8).parse_args(argv)
-
-
 def build_model(cfg: Config, checkpoint: str, device: str) -> torch.nn.Module:
     """The config's model (top-level data_preprocessor merged as the Runner does) with the
-    checkpoint's weights (greenmim_mm's safe loader, through mmengine), in eval mode."""
+    checkpoint's weights (greenmim_mm's safe loader, through mmengine), in eval mode.
+
+    Raises:
+        PretrainedLoadError: the checkpoint's keys or shapes do not fit the config's model.
+    """
     import greenmim_mm  # noqa: F401  (registers everything, applies the compat patches)
     from greenmim_mm.registry import MODELS
     model_cfg = cfg.model.copy()
     if cfg.get('data_preprocessor') is not None:
         model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
     model = MODELS.build(model_cfg)
-    load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    try:
+        load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    except RuntimeError as err:  # mmengine's strict load: keys or shapes that do not fit
+        if 'state_dict' not in str(err):
+            raise
+        from greenmim_mm.models.backbones.pretrained import PretrainedLoadError
+        first = ' '.join(str(err).split())[:300]
+        raise PretrainedLoadError(
+            f'{checkpoint} does not fit the model of this config ({first} ...): pass the config '
+            'the checkpoint was trained with') from err
     return model.to(device).eval()
 
 
@@ -143,14 +127,15 @@ def visualize(cfg: Config, checkpoint: str, num: int = 8, data_root=None, seed: 
 
 
 def main(argv=None):
+    from greenmim_mm.launch import check_exists, known_user_errors, user_error_line
     args = parse_args(argv)
-    cfg = Config.fromfile(args.config)
-    from greenmim_mm.checkpoint_loading import CheckpointLoadError
     try:
-        grid, mask = visualize(cfg, args.checkpoint, args.num, args.data_root, args.seed,
-                               args.device)
-    except CheckpointLoadError as err:  # a refused or unreadable checkpoint: one line, exit 1
-        raise SystemExit(f'visualize_reconstruction: error: {err}')
+        check_exists(args.config, 'config file not found')
+        check_exists(args.checkpoint, 'checkpoint not found')
+        grid, mask = visualize(Config.fromfile(args.config), args.checkpoint, args.num,
+                               args.data_root, args.seed, args.device)
+    except known_user_errors() as err:  # missing file, refused or unfitting checkpoint
+        raise SystemExit(user_error_line('visualize_reconstruction', err))
     grid.save(args.out)
     print(f'{args.out}: {grid.size[0]}x{grid.size[1]} px, {int(mask.sum())}/{mask.numel()} '
           'units masked')

@@ -25,9 +25,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-import torch
-
 SIMMIM_RATIO = 0.6   # SimMIM's recipe
 GREENMIM_RATIO = 0.75  # GreenMIM's recipe
 ARCH_DIMS = {'nano': 32, 'tiny': 96, 'small': 96, 'base': 128, 'large': 192}
@@ -52,6 +49,13 @@ def parse_args(argv=None):
     p.add_argument('--only', default=None, help=argparse.SUPPRESS)  # child: memory of one model
     p.add_argument('--json', default=None, help='also write the results to this file')
     return p.parse_args(argv)
+
+
+if __name__ == '__main__':
+    parse_args()  # --help and bad arguments answered before torch is imported
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 
 def variants(args):

@@ -9,7 +9,13 @@ detectron2's ``tools/train_net.py`` with greenmim_mm's config keys and
 ``greenmim_mm.detectron2.Trainer``; the demo data sets (``greenmim_demo_*``) are registered from
 ``--demo-root`` (default ``data/demo/coco``, made by ``tools/make_demo_data.py``).
 """
-from detectron2.engine import default_argument_parser, default_setup, launch
+import sys
+
+try:
+    from detectron2.engine import default_argument_parser, default_setup, launch
+except ImportError as err:  # also for --help: one line, no traceback
+    sys.exit(f'train_detectron2: error: detectron2 is not importable ({err}); install the '
+             'extra (GREENMIM_MM_EXTRAS=detectron2 tools/env.sh ..., see docs/detectron2.md)')
 
 
 def setup(args):
