@@ -32,12 +32,8 @@ def test_persistent_workers_only_with_workers(config):
 
 
 @pytest.fixture(scope='module')
-def demo_root(tmp_path_factory):
-    from greenmim_mm.datasets import demo_data
-    out = tmp_path_factory.mktemp('foreign') / 'demo'
-    demo_data.generate(str(out), size=128, train_per_class=2, val_per_class=1, det_train=2,
-                       det_val=1, seed=0, verbose=False)
-    return out
+def demo_root(demo_data_factory):
+    return Path(demo_data_factory('foreign', 2, 1, det_train=2))
 
 
 def _mim(args, cwd):

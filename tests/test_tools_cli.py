@@ -100,11 +100,8 @@ def test_train_missing_data_is_one_line(tmp_path):
 
 
 @pytest.fixture(scope='module')
-def tiny_demo(tmp_path_factory):
-    from greenmim_mm.datasets import demo_data
-    out = tmp_path_factory.mktemp('cli') / 'demo'
-    demo_data.generate(str(out), size=128, train_per_class=2, val_per_class=1, det_train=1,
-                       det_val=1, seed=0, verbose=False)
+def tiny_demo(demo_data_factory):
+    out = Path(demo_data_factory('cli', 2, 1))
     wrong = out.parent / 'wrong_size.pth'
     torch.save({'state_dict': {'backbone.patch_embed.projection.weight': torch.zeros(8, 3, 4, 4)}},
                wrong)
