@@ -9,52 +9,11 @@ import os
 import os.path as osp
 from typing import Optional, Sequence, Tuple
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 
-
-# ------------------------------------------------------------------------------ options
-def add_common_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options train and test share: config overrides, launcher, local rank (mim and
-    ``torch.distributed.launch`` pass ``--local-rank``)."""
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config entries, e.g. train_cfg.max_epochs=2')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    return parser
-
-
-def parse_common(parser: argparse.ArgumentParser,
-                 argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Add the common options, parse, and export ``LOCAL_RANK`` (unless already set)."""
-    args = add_common_options(parser).parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
-
-
-def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog='train.py',
-                                     description='Train a model with an mmengine config')
-    parser.add_argument('config', help='config file path')
-    parser.add_argument('--work-dir', help='where logs and checkpoints go '
-                        '(default: ./work_dirs/<config name>)')
-    parser.add_argument('--resume', nargs='?', type=str, const='auto',
-                        help='resume from the given checkpoint, or from the latest one in the '
-                        'work dir when no path is given')
-    parser.add_argument('--amp', action='store_true', help='mixed-precision training')
-    parser.add_argument('--no-validate', action='store_true', help='skip validation')
-    parser.add_argument('--partial-load', action='store_true',
-                        help='load_from / --resume: load the weights that fit and log the '
-                        'missing, unexpected and mis-shaped ones (default: refuse the checkpoint)')
-    return parse_common(parser, argv)
-
-
-def parse_test_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog='test.py', description='Test (evaluate) a checkpoint')
-    parser.add_argument('config', help='config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--work-dir', help='where the evaluation logs go')
-    return parse_common(parser, argv)
+# the parsers are standard-library only, so the tools answer --help before importing the stack
+from .cli_args import (add_common_options, parse_common, parse_test_args,  # noqa: F401
+                       parse_train_args)
 
 
 # ------------------------------------------------------------------------------ configs
@@ -62,6 +21,8 @@ def load_config(args: argparse.Namespace) -> Config:
     """The config file with ``--cfg-options``, the launcher and the work dir applied
     (``--work-dir``, else the config's, else ``./work_dirs/<config name>``)."""
     import greenmim_mm  # noqa: F401  (registers the plugin and applies its compat patches)
+    check_exists(args.config, 'config file not found (a path; `mim train greenmim_mm NAME` '
+                  'finds a shipped config by its file name)')
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
@@ -115,7 +76,7 @@ def resolve_resume(cfg: Config, resume: Optional[str]) -> Optional[str]:
     if resume is None:
         return None
     if resume != 'auto':
-        _check_exists(resume, 'checkpoint to resume from not found')
+        check_exists(resume, 'checkpoint to resume from not found')
         cfg.resume, cfg.load_from = True, resume
         return None
     from mmengine.runner import find_latest_checkpoint
@@ -124,13 +85,13 @@ def resolve_resume(cfg: Config, resume: Optional[str]) -> Optional[str]:
         cfg.resume = False
         return (f'--resume: no checkpoint to resume from in {osp.abspath(cfg.work_dir)} '
                 '(no last_checkpoint file): starting fresh')
-    _check_exists(latest, f'{osp.join(cfg.work_dir, "last_checkpoint")} names a checkpoint '
+    check_exists(latest, f'{osp.join(cfg.work_dir, "last_checkpoint")} names a checkpoint '
                   'that does not exist')
     cfg.resume, cfg.load_from = True, None  # mmengine finds the same file and says so
     return None
 
 
-def _check_exists(path: str, what: str) -> None:
+def check_exists(path: str, what: str) -> None:
     if '://' not in path and not osp.isfile(path):
         raise FileNotFoundError(f'{what}: {path}')
 
@@ -141,7 +102,7 @@ def build_test_config(args: argparse.Namespace) -> Config:
     Raises:
         FileNotFoundError: the checkpoint does not exist (named in the message).
     """
-    _check_exists(args.checkpoint, 'checkpoint not found')
+    check_exists(args.checkpoint, 'checkpoint not found')
     cfg = load_config(args)
     cfg.load_from = args.checkpoint
     return cfg
@@ -164,38 +125,51 @@ def setup_cpu_distributed(cfg: Config) -> None:
 
 
 # ------------------------------------------------------------------------------ entry points
-def user_errors() -> tuple:
-    """The known user errors the entry points print as one line (exit 1), no traceback: a
-    refused or unreadable checkpoint or pretrained weights that do not fit the backbone
-    (``CheckpointLoadError``, ``PretrainedLoadError``), a model config that cannot train
+def user_error_line(tool: str, err: BaseException) -> str:
+    """The one line a tool prints for a known user error (a missing file, a refused checkpoint,
+    weights that do not fit the model, a model config that cannot train): the problem as the
+    error states it, and the fix."""
+    text = ' '.join(str(err).split())
+    if isinstance(err, FileNotFoundError) and 'not found' not in text:
+        text += (' (check the paths in the config or in --cfg-options: the datasets\' data_root '
+                 'and data_prefix, the backbone\'s init_cfg.checkpoint, load_from)')
+    return f'{tool}: error: {text}'
+
+
+def known_user_errors() -> tuple:
+    """The known user errors the entry points print as one line (exit 1), no traceback: missing
+    files, a refused or unreadable checkpoint or pretrained weights that do not fit the backbone
+    (``CheckpointLoadError``, ``PretrainedLoadError``, ``CheckpointMismatchError``), another live
+    run in the work dir (``WorkDirBusyError``), a model config that cannot train
     (``ModelConfigError``: e.g. a decoder's ``in_channels`` not its backbone output's width)."""
     from greenmim_mm.checkpoint_loading import CheckpointLoadError
+    from greenmim_mm.engine.work_dir_lock import WorkDirBusyError
     from greenmim_mm.models.algorithms.greenmim import ModelConfigError
-    return CheckpointLoadError, ModelConfigError
+    return FileNotFoundError, CheckpointLoadError, ModelConfigError, WorkDirBusyError
 
 
 def main_train(argv: Optional[Sequence[str]] = None):
-    """``tools/train.py``: build the config and the Runner, train; returns the Runner."""
+    """``tools/train.py``: build the config and the Runner, train; returns the Runner. Known
+    user errors (:func:`known_user_errors`) exit with one line (:func:`user_error_line`)."""
     from mmengine.runner import Runner
 
-    from greenmim_mm.engine import NonFiniteLossError, WorkDirBusyError
+    from greenmim_mm.engine import NonFiniteLossError
     from greenmim_mm.engine.checkpoint_hook import learning_rate_text
     from greenmim_mm.engine.work_dir_lock import lock_work_dir
+    args = parse_train_args(argv)
+    known = known_user_errors()
     runner = None
     try:
-        cfg, note = configure_training(parse_train_args(argv))
+        cfg, note = configure_training(args)
         if int(os.environ.get('RANK', '0')) == 0:
             lock_work_dir(cfg.work_dir)  # before the Runner writes anything there
-    except (FileNotFoundError, WorkDirBusyError) as err:
-        raise SystemExit(f'train: error: {err}')
-    setup_cpu_distributed(cfg)
-    try:
+        setup_cpu_distributed(cfg)
         runner = Runner.from_cfg(cfg)
         if note:
             runner.logger.warning(note)
         runner.train()
-    except user_errors() as err:  # one line, exit 1
-        raise SystemExit(f'train: error: {err}')
+    except known as err:
+        raise SystemExit(user_error_line('train', err))
     except NonFiniteLossError as err:  # diverged: the message names the lr
         if runner is not None and '(lr ' not in str(err):
             err.args = (f'{err} ({learning_rate_text(runner)})', )
@@ -204,17 +178,16 @@ def main_train(argv: Optional[Sequence[str]] = None):
 
 
 def main_test(argv: Optional[Sequence[str]] = None) -> dict:
-    """``tools/test.py``: evaluate a checkpoint, print and return the metrics."""
+    """``tools/test.py``: evaluate a checkpoint, print and return the metrics (known user errors:
+    one line, as :func:`main_train`)."""
     from mmengine.runner import Runner
     args = parse_test_args(argv)
+    known = known_user_errors()
     try:
         cfg = build_test_config(args)
-    except FileNotFoundError as err:
-        raise SystemExit(f'test: error: {err}')
-    setup_cpu_distributed(cfg)
-    try:
+        setup_cpu_distributed(cfg)
         metrics = Runner.from_cfg(cfg).test()
-    except user_errors() as err:  # one line, exit 1
-        raise SystemExit(f'test: error: {err}')
+    except known as err:
+        raise SystemExit(user_error_line('test', err))
     print(metrics)
     return metrics

@@ -12,7 +12,6 @@ norm-pix (as MAE's demo), then shown as images. HOG heads: each cell's histogram
 orientation glyphs by mmpretrain's ``HOGGenerator.generate_hog_image`` (line length and
 brightness follow the bin value, averaged over the colour channels).
 """
-import argparse
 from typing import List, Tuple
 
 import numpy as np
@@ -21,10 +20,11 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from PIL import Image
 
+from greenmim_mm.cli_args import parse_localmim_picture_args as parse_args
 from greenmim_mm.models.target_generators import LocalMIMHOGGenerator, PixelTargetGenerator
 from greenmim_mm.models.utils import denormalize_units, patchify, unpatchify
-from greenmim_mm.visualization import (GREY, VisualizationInputError, add_arguments, build_model,
-                                       compose_grid, load_batch, one_line_errors, to_uint8)
+from greenmim_mm.visualization import (GREY, VisualizationInputError, build_model, compose_grid,
+                                       load_batch, one_line_errors, to_uint8)
 
 
 def hog_glyphs(gen: LocalMIMHOGGenerator, cells: torch.Tensor, img_hw) -> np.ndarray:
@@ -79,11 +79,6 @@ def pixel_mask(mask: torch.Tensor, img_shape) -> np.ndarray:
     fy, fx = height // m.shape[-2], width // m.shape[-1]
     m = m.repeat_interleave(fy, 1).repeat_interleave(fx, 2)
     return m.numpy()[..., None]
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Visualise LocalMIM head predictions')
-    return add_arguments(parser, 'LocalMIM', 'localmim_heads.png', 4).parse_args(argv)
 
 
 @torch.no_grad()

@@ -10,7 +10,6 @@ no random augmentation. One mask (from ``--seed``) is shared by all images, as i
 With norm-pix targets the predictions are de-standardised with the original units' mean/std
 (MAE's demo does the same). The grid is ``torchvision.utils.make_grid`` with white gutters.
 """
-import argparse
 import contextlib
 from typing import Iterator, List, Tuple
 
@@ -23,6 +22,10 @@ from mmengine.runner.checkpoint import _load_checkpoint
 from PIL import Image
 from torchvision.utils import make_grid
 
+from greenmim_mm.cli_args import add_picture_arguments as add_arguments  # noqa: F401
+from greenmim_mm.cli_args import parse_reconstruction_args as parse_args
+from greenmim_mm.cli_args import positive_int  # noqa: F401
+
 class VisualizationInputError(ValueError):
     """A config, checkpoint or option the picture tools cannot use; the message names it."""
 
@@ -32,50 +35,19 @@ def one_line_errors(prog: str) -> Iterator[None]:
     """The picture tools' known failures as ``SystemExit('<prog>: error: ...')`` (one line on
     stderr, exit status 1, no traceback): refused or unreadable checkpoints, weights that do not
     fit, missing files and folders (config, checkpoint, data, output folder), a config of
-    another algorithm. Anything else keeps its traceback (a bug)."""
+    another algorithm, a model config that cannot train. Anything else keeps its traceback."""
     from greenmim_mm.checkpoint_loading import CheckpointLoadError
+    from greenmim_mm.models.algorithms.greenmim import ModelConfigError
     try:
         yield
-    except (CheckpointLoadError, VisualizationInputError, FileNotFoundError, NotADirectoryError,
-            IsADirectoryError, PermissionError) as err:
+    except (CheckpointLoadError, VisualizationInputError, ModelConfigError, FileNotFoundError,
+            NotADirectoryError, IsADirectoryError, PermissionError) as err:
         raise SystemExit(f'{prog}: error: ' + ' '.join(str(err).split())) from None
 
 
 GREY = 128
 PAD = 2  # px of white gutter around every image
 WHITE = 255
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}')
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'must be at least 1, got {value}')
-    return value
-
-
-def add_arguments(parser: argparse.ArgumentParser, algorithm: str, out: str,
-                  num: int) -> argparse.ArgumentParser:
-    """The options every reconstruction picture tool takes (config, checkpoint, --out, --num,
-    --data-root, --seed, --device); ``--num`` must be >= 1."""
-    parser.add_argument('config', help=f'the {algorithm} config the checkpoint was trained with')
-    parser.add_argument('checkpoint', help=f'a {algorithm} checkpoint (.pth)')
-    parser.add_argument('--out', default=out, help='output PNG')
-    parser.add_argument('--num', type=positive_int, default=num,
-                        help='number of images (columns)')
-    parser.add_argument('--data-root', help="override the dataset's data_root")
-    parser.add_argument('--seed', type=int, default=0, help='seed of the mask')
-    parser.add_argument('--device', default='cpu')
-    return parser
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog='visualize_reconstruction.py',
-                                     description='Visualise GreenMIM reconstructions')
-    return add_arguments(parser, 'GreenMIM', 'reconstruction.png', 8).parse_args(argv)
 
 
 def build_model(cfg: Config, checkpoint: str, device: str) -> torch.nn.Module:
@@ -173,8 +145,11 @@ def visualize(cfg: Config, checkpoint: str, num: int = 8, data_root=None, seed: 
 
 
 def main(argv=None):
+    from greenmim_mm.launch import check_exists
     args = parse_args(argv)
     with one_line_errors('visualize_reconstruction'):
+        check_exists(args.config, 'config file not found')
+        check_exists(args.checkpoint, 'checkpoint not found')
         cfg = Config.fromfile(args.config)
         grid, mask = visualize(cfg, args.checkpoint, args.num, args.data_root, args.seed,
                                args.device)

@@ -70,14 +70,15 @@ def tiny_demo(demo_data_factory):
 def run_tool(script, *args):
     """Run ``tools/<script>`` as ``python tools/<script> ARGS`` would, in this process (a fresh
     interpreter per tool costs ~20 s on the shared CPUs); return its exit code or message."""
-    argv = sys.argv
+    argv, path = sys.argv, list(sys.path)
     sys.argv = [osp.join(ROOT, script), *map(str, args)]
+    sys.path.insert(0, osp.dirname(sys.argv[0]))  # as python does for a script (tools/_light.py)
     try:
         runpy.run_path(sys.argv[0], run_name='__main__')
     except SystemExit as exit_:
         return exit_.code
     finally:
-        sys.argv = argv
+        sys.argv, sys.path[:] = argv, path
     return 0
 
 

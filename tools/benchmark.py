@@ -28,9 +28,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-import torch
-
 SIMMIM_RATIO = 0.6   # SimMIM's recipe
 GREENMIM_RATIO = 0.75  # GreenMIM's recipe
 ARCH_DIMS = {'nano': 32, 'tiny': 96, 'small': 96, 'base': 128, 'large': 192}
@@ -59,6 +56,13 @@ def parse_args(argv=None):
     p.add_argument('--no-flops', action='store_true',
                    help='skip the FLOP count (GFLOP/img and GFLOP/s columns show "-")')
     return p.parse_args(argv)
+
+
+if __name__ == '__main__':
+    parse_args()  # --help and bad arguments answered before torch is imported
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 
 def variants(args):

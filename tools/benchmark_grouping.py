@@ -16,21 +16,12 @@ shift 0 and w//2) and random 7x7 unit masks, prints:
 Usage: python tools/benchmark_grouping.py [--masks 200] [--seed 0]
 """
 import argparse
-import importlib.util
 import time
-from pathlib import Path
 
 import numpy as np
+from _light import load
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-try:
-    from greenmim_mm.ops import grouping
-except ImportError:  # package __init__ needs the full (mm*) environment
-    _spec = importlib.util.spec_from_file_location(
-        'grouping', REPO_ROOT / 'greenmim_mm' / 'ops' / 'grouping.py')
-    grouping = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(grouping)
+grouping = load('ops/grouping')  # numpy only: not the package, whose import loads the stack
 
 UNITS = 7  # 224 px / 32 px mask units
 EMBED_DIMS = (128, 256, 512, 1024)

@@ -17,16 +17,13 @@ import subprocess
 import sys
 import time
 
-import torch
-
-from benchmark import ARCH_DIMS, _status_kib, sync
-
 VARIANTS = ('GreenMIM', 'LocalMIM HOG', 'LocalMIM Pixel')
+ARCHS = ('base', 'large', 'nano', 'small', 'tiny')  # tools/benchmark.py's ARCH_DIMS (checked below)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--arch', default='tiny', choices=sorted(ARCH_DIMS))
+    p.add_argument('--arch', default='tiny', choices=ARCHS)
     p.add_argument('--img-size', type=int, default=224)
     p.add_argument('--window', type=int, default=None,
                    help='Swin window (default: 7 at multiples of 224 px, else 6)')
@@ -41,6 +38,16 @@ def parse_args(argv=None):
     p.add_argument('--only', default=None, help=argparse.SUPPRESS)  # child: memory of one model
     p.add_argument('--json', default=None, help='also write the results to this file')
     return p.parse_args(argv)
+
+
+if __name__ == '__main__':
+    parse_args()  # --help and bad arguments answered before torch is imported
+
+import torch  # noqa: E402
+
+from benchmark import ARCH_DIMS, _status_kib, sync  # noqa: E402
+
+assert set(ARCHS) == set(ARCH_DIMS), 'ARCHS must list tools/benchmark.py ARCH_DIMS'
 
 
 def model_cfg(name, args):

@@ -12,8 +12,6 @@ import argparse
 import statistics
 import time
 
-import torch
-
 CHANNELS = {'nano': [32, 64, 128, 256], 'small': [64, 128, 256, 512],
             'base': [96, 192, 384, 768], 'large': [128, 256, 512, 1024]}
 
@@ -27,6 +25,12 @@ def parse_args(argv=None):
     p.add_argument('--iters', type=int, default=10)
     p.add_argument('--device', default='cpu')
     return p.parse_args(argv)
+
+
+if __name__ == '__main__':
+    parse_args()  # --help and bad arguments answered before torch is imported
+
+import torch  # noqa: E402
 
 
 def stage_inputs(args, ratio, stage, gen):

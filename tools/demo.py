@@ -12,9 +12,6 @@ import json
 import os
 import os.path as osp
 
-from greenmim_mm import launch, visualization
-from greenmim_mm.datasets import demo_data
-
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(REPO, 'configs', 'pretrain', 'greenmim_swin-nano_demo_128px.py')
 
@@ -43,6 +40,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from greenmim_mm import launch, visualization  # after parsing: --help without the stack
+    from greenmim_mm.datasets import demo_data
     data, work = args.data_root, args.work_dir
     if not osp.isfile(osp.join(data, 'meta', 'params.json')):
         demo_data.generate(data)

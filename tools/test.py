@@ -1,8 +1,13 @@
-"""Evaluate a checkpoint: ``python tools/test.py CONFIG CHECKPOINT`` (``mim test greenmim_mm``).
+"""Evaluate a checkpoint with a config: ``python tools/test.py CONFIG CHECKPOINT``.
 
-Entry point only; the logic is :mod:`greenmim_mm.launch`.
+Also the script ``mim test greenmim_mm CONFIG --checkpoint CKPT`` runs. Entry point only; the
+logic is :mod:`greenmim_mm.launch`. The options are parsed before the stack is imported.
 """
-from greenmim_mm.launch import main_test
+import sys
+
+from _light import load
 
 if __name__ == '__main__':
+    load('cli_args').parse_test_args(sys.argv[1:])
+    from greenmim_mm.launch import main_test
     main_test()

@@ -1,9 +1,14 @@
 """Train with a greenmim_mm (or any mmpretrain/mmdet) config: ``python tools/train.py CONFIG``.
 
 Also the script ``mim train greenmim_mm CONFIG`` runs (from the package's ``.mim/tools``).
-Entry point only; the logic is :mod:`greenmim_mm.launch`.
+Entry point only; the logic is :mod:`greenmim_mm.launch`. The options are parsed before the stack
+is imported (``--help`` at once).
 """
-from greenmim_mm.launch import main_train
+import sys
+
+from _light import load
 
 if __name__ == '__main__':
+    load('cli_args').parse_train_args(sys.argv[1:])
+    from greenmim_mm.launch import main_train
     main_train()

@@ -14,8 +14,13 @@ invalid config file or ``KEY VALUE`` override, missing demo data or ``MODEL.WEIG
 refused checkpoint.
 """
 import os.path as osp
+import sys
 
-from detectron2.engine import default_argument_parser, default_setup, launch
+try:
+    from detectron2.engine import default_argument_parser, default_setup, launch
+except ImportError as err:  # also for --help: one line, no traceback
+    sys.exit(f'train_detectron2: error: detectron2 is not importable ({err}); install the '
+             'extra (GREENMIM_MM_EXTRAS=detectron2 tools/env.sh ..., see docs/detectron2.md)')
 
 PROG = 'train_detectron2'
 

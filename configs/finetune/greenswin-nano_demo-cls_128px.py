@@ -48,6 +48,9 @@ test_pipeline = [dict(type='LoadImageFromFileOrSkip'), dict(type='PackInputs')]
 train_dataloader = dict(
     batch_size=32,
     num_workers=0,
+    # only with workers; said explicitly because mmpretrain's tools/train.py (mim train
+    # mmpretrain) sets persistent_workers=True where a config leaves it out
+    persistent_workers=False,
     # Seeded loading: augmentations are a function of (seed, epoch, sample, rank) (exact resume).
     sampler=dict(type='SeededSampler', shuffle=True),
     dataset=dict(
@@ -60,6 +63,9 @@ train_dataloader = dict(
 val_dataloader = dict(
     batch_size=64,
     num_workers=0,
+    # only with workers; said explicitly because mmpretrain's tools/train.py (mim train
+    # mmpretrain) sets persistent_workers=True where a config leaves it out
+    persistent_workers=False,
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
         type='CheckedCustomDataset',

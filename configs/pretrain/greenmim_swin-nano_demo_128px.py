@@ -60,6 +60,9 @@ train_pipeline = [
 train_dataloader = dict(
     batch_size=batch_size,
     num_workers=0,
+    # only with workers; said explicitly because mmpretrain's tools/train.py (mim train
+    # mmpretrain) sets persistent_workers=True where a config leaves it out
+    persistent_workers=False,
     # Seeded loading: augmentations are a function of (seed, epoch, sample, rank), so
     # `--resume` continues exactly as an uninterrupted run (greenmim_mm.datasets).
     sampler=dict(type='SeededSampler', shuffle=True),

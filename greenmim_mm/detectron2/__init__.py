@@ -11,7 +11,7 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError(
         'greenmim_mm.detectron2 needs detectron2: run with GREENMIM_MM_EXTRAS=detectron2 '
-        'tools/env.sh ..., or install detectron2 from source (README, Detectron2)') from err
+        'tools/env.sh ..., or install detectron2 from source (docs/detectron2.md)') from err
 
 from .backbone import AlignedFPN, MMBackbone, fpn_from_config  # noqa: E402
 from .checkpoint import (CheckpointError, GreenDetectionCheckpointer,  # noqa: E402

@@ -11,7 +11,7 @@ autograd:
   index, N = a zero row) and accumulate ``weight[:, tap] * neighbour``. Cost O(N·C·k²).
 
 Which one is faster depends on the device and the visible fraction; ``tools/benchmark_sparse_conv.py``
-measures both (README, Twins section). The default ``'auto'`` picks per stage from the mask: the
+measures both (docs/design.md, GreenTwinsSVT). The default ``'auto'`` picks per stage from the mask: the
 gather when at most :data:`GATHER_MAX_VISIBLE` of the grid is visible, else the dense form.
 Measured on this project's 2-core CPU (Twins-SVT-L PEGs, batch 8, 224 px, forward + backward,
 all stages; dense / gather): ratio 0.75 (24.5 % visible) 1.17x (1 thread) and 1.18x (2 threads),

@@ -1,0 +1,153 @@
+"""The command-line tools: ``--help`` at once (options parsed before the stack is imported), and
+known user errors as one line naming the problem and the fix, without a traceback."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TOOLS = sorted(p.name for p in (REPO / 'tools').glob('*.py') if not p.name.startswith('_'))
+HEAVY = ('torch', 'mmengine', 'mmcv', 'mmpretrain', 'mmdet', 'greenmim_mm')
+DEMO_PT = REPO / 'configs' / 'pretrain' / 'greenmim_swin-nano_demo_128px.py'
+DEMO_FT = REPO / 'configs' / 'finetune' / 'greenswin-nano_greenmim-pt_demo-cls_128px.py'
+
+
+def run_tool(tool, *args, cwd, timeout=600, extra_env=None):
+    env = dict(os.environ, OMP_NUM_THREADS='1', **(extra_env or {}))
+    return subprocess.run([sys.executable, str(REPO / 'tools' / tool), *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def detectron2_importable():
+    import importlib.util
+    return importlib.util.find_spec('detectron2') is not None
+
+
+def test_every_tool_is_covered():
+    assert len(TOOLS) >= 14 and 'train.py' in TOOLS and 'train_detectron2.py' in TOOLS
+
+
+@pytest.mark.parametrize('tool', TOOLS)
+def test_help_answers_without_importing_the_stack(tool, tmp_path):
+    """``-X importtime`` lists every module the run imported: none of the stack for --help."""
+    if tool == 'train_detectron2.py' and not detectron2_importable():
+        pytest.skip('detectron2 not installed (see the next test)')
+    run = subprocess.run([sys.executable, '-X', 'importtime', str(REPO / 'tools' / tool), '--help'],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert 'usage:' in run.stdout
+    imported = {line.rsplit('|', 1)[-1].strip() for line in run.stderr.splitlines()
+                if line.startswith('import time:')}
+    heavy = sorted(m for m in imported if m.split('.')[0] in HEAVY and tool != 'train_detectron2.py')
+    assert not heavy, f'{tool} --help imports {heavy[:5]}'
+
+
+@pytest.mark.parametrize('tool', TOOLS)
+def test_help_takes_under_two_seconds(tool, tmp_path):
+    """Best of three runs (the machine is shared; one slow start is not the tool's)."""
+    if tool == 'train_detectron2.py' and not detectron2_importable():
+        pytest.skip('detectron2 not installed (see the next test)')
+    best = float('inf')
+    for _ in range(3):
+        start = time.perf_counter()
+        run = run_tool(tool, '--help', cwd=tmp_path, timeout=120)
+        best = min(best, time.perf_counter() - start)
+        assert run.returncode == 0, run.stderr[-2000:]
+        if best < 2.0:
+            break
+    assert best < 2.0, f'{tool} --help took {best:.2f} s'
+
+
+@pytest.mark.skipif(detectron2_importable(), reason='detectron2 is installed')
+def test_train_detectron2_without_detectron2_is_one_line(tmp_path):
+    run = run_tool('train_detectron2.py', '--help', cwd=tmp_path, timeout=120)
+    assert run.returncode == 1
+    assert 'Traceback' not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('train_detectron2: error: detectron2 is not')
+    assert 'GREENMIM_MM_EXTRAS=detectron2' in lines[0] and 'docs/detectron2.md' in lines[0]
+
+
+def assert_one_line_error(run, prefix, *needles):
+    assert run.returncode not in (0, None), run.stdout[-2000:]
+    assert 'Traceback' not in run.stderr, run.stderr[-3000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith(prefix), last
+    for needle in needles:
+        assert needle in last, (needle, last)
+
+
+def test_cfg_options_not_key_value_is_a_usage_error(tmp_path):
+    run = run_tool('train.py', str(DEMO_PT), '--cfg-options', 'train_cfg.max_epochs', cwd=tmp_path)
+    assert_one_line_error(run, 'train.py: error: --cfg-options:', "'train_cfg.max_epochs'",
+                          'KEY=VALUE')
+
+
+def test_train_missing_config_is_one_line(tmp_path):
+    run = run_tool('train.py', 'no_such_config.py', cwd=tmp_path)
+    assert_one_line_error(run, 'train: error: config file not found', 'no_such_config.py',
+                          'mim train greenmim_mm NAME')
+
+
+def test_train_missing_data_is_one_line(tmp_path):
+    run = run_tool('train.py', str(DEMO_PT), '--work-dir', str(tmp_path / 'w'), '--cfg-options',
+                   f'train_dataloader.dataset.data_root={tmp_path}/nothing/', cwd=tmp_path)
+    assert_one_line_error(run, 'train: error:', f'{tmp_path}/nothing', 'data_root')
+
+
+@pytest.fixture(scope='module')
+def tiny_demo(demo_data_factory):
+    out = Path(demo_data_factory('cli', 2, 1))
+    wrong = out.parent / 'wrong_size.pth'
+    torch.save({'state_dict': {'backbone.patch_embed.projection.weight': torch.zeros(8, 3, 4, 4)}},
+               wrong)
+    return out, wrong
+
+
+def finetune_args(tmp_path, data):
+    roots = [f'{k}.dataset.data_root={data}/' for k in
+             ('train_dataloader', 'val_dataloader', 'test_dataloader')]
+    return [str(DEMO_FT), '--work-dir', str(tmp_path / 'w'), '--cfg-options',
+            'train_cfg.max_epochs=1'] + roots
+
+
+def test_train_missing_pretrained_checkpoint_is_one_line(tmp_path, tiny_demo):
+    data, _ = tiny_demo
+    run = run_tool('train.py', *finetune_args(tmp_path, data),
+                   f'model.backbone.init_cfg.checkpoint={tmp_path}/absent.pth', cwd=tmp_path)
+    assert_one_line_error(run, 'train: error:', f'{tmp_path}/absent.pth', 'init_cfg.checkpoint')
+
+
+def test_train_wrong_size_weights_is_one_line(tmp_path, tiny_demo):
+    data, wrong = tiny_demo
+    run = run_tool('train.py', *finetune_args(tmp_path, data),
+                   f'model.backbone.init_cfg.checkpoint={wrong}', cwd=tmp_path)
+    assert_one_line_error(run, 'train: error: pretrained weights', str(wrong), 'mis-shaped',
+                          'Check that the checkpoint')
+
+
+def test_test_missing_checkpoint_is_one_line(tmp_path):
+    run = run_tool('test.py', str(DEMO_FT), str(tmp_path / 'absent.pth'), cwd=tmp_path)
+    assert_one_line_error(run, 'test: error: checkpoint not found', 'absent.pth')
+
+
+def test_visualize_reconstruction_user_errors_are_one_line(tmp_path, tiny_demo):
+    data, wrong = tiny_demo
+    run = run_tool('visualize_reconstruction.py', 'absent.py', str(wrong), cwd=tmp_path)
+    assert_one_line_error(run, 'visualize_reconstruction: error: config file not found', 'absent.py')
+    run = run_tool('visualize_reconstruction.py', str(DEMO_PT), 'absent.pth', cwd=tmp_path)
+    assert_one_line_error(run, 'visualize_reconstruction: error: checkpoint not found', 'absent.pth')
+    run = run_tool('visualize_reconstruction.py', str(DEMO_PT), str(wrong), '--data-root', str(data),
+                   cwd=tmp_path)
+    assert_one_line_error(run, 'visualize_reconstruction: error:', str(wrong), 'does not fit',
+                          'pass the config the checkpoint was trained with')
+
+
+def test_convert_missing_input_is_one_line(tmp_path):
+    run = run_tool('convert_checkpoint.py', '--src', 'greenmim_mm', 'absent.pth', 'out.pth',
+                   cwd=tmp_path)
+    assert_one_line_error(run, 'convert_checkpoint: error: input checkpoint not found', 'absent.pth')
