@@ -1,4 +1,4 @@
-"""What mmsegmentation lacks for greenmim_mm's backbones: strict loading of a converted LocalMIM ViT.
+"""What mmsegmentation lacks for our backbones: strict loading of a converted LocalMIM ViT.
 
 Imported by the segmentation configs (``custom_imports=dict(imports=['greenmim_mm',
 'greenmim_mm.segmentation'])``); needs mmsegmentation (the ``seg`` extra), which ``import

@@ -7,7 +7,6 @@ BEiT's ``LayerDecayOptimizerConstructor`` (which the official LocalMIM ViT recip
 force pixel counts for the demo baseline; pycocotools' polygon masks for the demo masks.
 """
 import os
-import os.path as osp
 import subprocess
 import sys
 from pathlib import Path
@@ -129,7 +128,7 @@ def param_groups(model, optim_cfg):
     return groups
 
 
-def fake_inputs(model, size, num_classes, batch=2):
+def fake_inputs(size, num_classes, batch=2):
     """Random images and label maps packed as mmseg's data preprocessor returns them."""
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
@@ -175,7 +174,7 @@ def test_config_builds_and_runs_a_forward(path):
     size = (64, 64) if path == VIT_B else (128, 128)
     model = build_segmentor(cfg)
     num_classes = cfg.model.decode_head.num_classes
-    inputs, samples = fake_inputs(model, size, num_classes)
+    inputs, samples = fake_inputs(size, num_classes)
     model.train()
     losses = model(inputs, samples, mode='loss')
     assert {'decode.loss_ce', 'aux.loss_ce'} <= set(losses)
