@@ -12,7 +12,15 @@ downloaded. Layout under ``--out`` (default ``data/demo``)::
     meta/classes.txt                                        files: "<class>/<name>.png <label>"
     coco/train/000001.png  coco/val/...                     1-3 non-overlapping shapes per image
     coco/annotations/instances_{train,val}.json             COCO instances, polygon masks
+    ade/images/{training,validation}/000001.png             the detection images again, with
+    ade/annotations/{training,validation}/000001.png        per-pixel class masks (uint8, PNG),
+                                                            mmseg's ADE20K layout and labels
     meta/params.json                                        written last: completion marker
+
+Segmentation masks follow ADE20K's convention (mmseg's ``ADE20KDataset``, ``reduce_zero_label``):
+0 = unlabelled (unused here), 1 = background, 2 + k = ``CLASSES[k]``; after mmseg's label
+reduction the classes are :data:`SEG_CLASSES` (0 = background). Each mask is rasterised from the
+same polygons as the image and its COCO annotation, so it matches the pixels exactly.
 
 The same parameters and ``--seed`` give byte-identical files (each image has its own
 ``numpy.random.default_rng([seed, split, ...])``). Each shape is rasterised from exactly the
@@ -41,7 +49,9 @@ import numpy as np
 from PIL import Image
 
 CLASSES = ('circle', 'square', 'triangle', 'star', 'cross')
-FORMAT_VERSION = 1
+SEG_CLASSES = ('background',) + CLASSES  # mmseg's labels after reduce_zero_label
+FORMAT_VERSION = 2  # 2: the ADE20K-style segmentation view (ade/)
+SEG_SPLITS = {'train': 'training', 'val': 'validation'}  # ADE20K's split folder names
 CLS_SPLITS = {'train': 0, 'val': 1}  # split ids used in the per-image seeds
 DET_SPLITS = {'train': 2, 'val': 3}
 CLS_RADIUS = (0.22, 0.42)  # circumradius range of classification shapes, fraction of size
@@ -191,6 +201,15 @@ def detection_image(seed, split_id, index, size, max_tries=50):
     return img.astype(np.uint8), shapes
 
 
+def segmentation_mask(shapes, size):
+    """uint8 (size, size) ADE20K-style label map of [(label, polygon)]: 1 = background,
+    2 + label inside each polygon (the pixels :func:`draw` filled)."""
+    seg = np.ones((size, size), np.uint8)
+    for label, pts in shapes:
+        seg[rasterize(pts, size)] = 2 + label
+    return seg
+
+
 def coco_annotation(pts, label, ann_id, image_id):
     """COCO instance dict for one polygon."""
     (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
@@ -217,15 +236,23 @@ def write_classification_split(root, split, per_class, size, seed, log):
 
 
 def write_detection_split(root, split, count, size, seed, log):
-    """Write ``root/coco/<split>/*.png`` and ``root/coco/annotations/instances_<split>.json``."""
+    """Write ``root/coco/<split>/*.png``, ``root/coco/annotations/instances_<split>.json`` and
+    the segmentation view ``root/ade/{images,annotations}/<ADE20K split>/*.png``."""
     img_dir = root / 'coco' / split
     img_dir.mkdir(parents=True, exist_ok=True)
+    seg_img_dir = root / 'ade' / 'images' / SEG_SPLITS[split]
+    seg_ann_dir = root / 'ade' / 'annotations' / SEG_SPLITS[split]
+    seg_img_dir.mkdir(parents=True, exist_ok=True)
+    seg_ann_dir.mkdir(parents=True, exist_ok=True)
     images, anns = [], []
     for i in range(count):
         image_id = i + 1
         img, shapes = detection_image(seed, DET_SPLITS[split], i, size)
         file_name = f'{image_id:06d}.png'
         save_png(img, img_dir / file_name)
+        save_png(img, seg_img_dir / file_name)
+        Image.fromarray(segmentation_mask(shapes, size), 'L').save(
+            seg_ann_dir / file_name, format='PNG', compress_level=6)
         images.append(dict(id=image_id, file_name=file_name, width=size, height=size))
         for label, pts in shapes:
             anns.append(coco_annotation(pts, label, len(anns) + 1, image_id))
@@ -235,7 +262,7 @@ def write_detection_split(root, split, count, size, seed, log):
                             for k, n in enumerate(CLASSES)])
     with open(root / 'coco' / 'annotations' / f'instances_{split}.json', 'w') as f:
         json.dump(coco, f, separators=(',', ':'))
-    log(f'  coco/{split}: {count} images, {len(anns)} instances')
+    log(f'  coco/{split}, ade/images/{SEG_SPLITS[split]}: {count} images, {len(anns)} instances')
     return count, len(anns)
 
 
@@ -257,6 +284,18 @@ def read_params(out):
         return json.loads((Path(out) / 'meta' / 'params.json').read_text())
     except (OSError, ValueError):
         return None
+
+
+def majority_class_miou(ann_dir, num_classes=len(SEG_CLASSES)):
+    """mIoU (%) of the class-frequency baseline on the masks in ``ann_dir`` (ADE20K labels):
+    predicting the most frequent class everywhere, the best constant prediction. Its IoU is
+    that class's pixel share, every other class scores 0; mean over ``num_classes``.
+    Returns ``(miou, frequencies)``, frequencies (num_classes,) in mmseg's reduced labels."""
+    counts = np.zeros(num_classes + 1, np.int64)
+    for path in sorted(Path(ann_dir).glob('*.png')):
+        counts += np.bincount(np.asarray(Image.open(path)).reshape(-1), minlength=num_classes + 1)
+    freq = counts[1:] / counts[1:].sum()  # label 0 (unlabelled) is ignored, as mmseg does
+    return 100.0 * freq.max() / num_classes, freq
 
 
 def disk_usage(path):
