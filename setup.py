@@ -44,12 +44,15 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     # mmdet 3.3 asserts mmcv < 2.2.0 at import (its wheel does not declare it)
     'det': ['mmdet>=3.3.0,<3.4', 'mmcv>=2.0.0,<2.2.0'],
-    'seg': ['mmsegmentation>=1.2.2,<1.3', 'mmcv>=2.0.0,<2.2.0'],
+    # mmseg's model code imports its CLIP tokenizer (ftfy, regex), which it lists only under its
+    # `multimodal` extra
+    'seg': ['mmsegmentation>=1.2.2,<1.3', 'mmcv>=2.0.0,<2.2.0', 'ftfy>=6', 'regex'],
     # detectron2 itself is not on the registry: install it from source (docs/detectron2.md); these
     # are its runtime dependencies (v0.5's install_requires, in its ranges)
     'detectron2': ['fvcore>=0.1.5,<0.1.6', 'iopath>=0.1.7,<0.1.10', 'omegaconf>=2.1',
                    'hydra-core>=1.1', 'yacs>=0.1.8', 'cloudpickle', 'tensorboard', 'black'],
-    'tests': ['pytest>=8', 'timm>=1.0.20,<2', 'mmdet>=3.3.0,<3.4', 'mmcv>=2.0.0,<2.2.0'],
+    'tests': ['pytest>=8', 'timm>=1.0.20,<2', 'mmdet>=3.3.0,<3.4', 'mmcv>=2.0.0,<2.2.0',
+              'mmsegmentation>=1.2.2,<1.3', 'ftfy>=6', 'regex'],
 }
 
 
