@@ -187,7 +187,9 @@ def test_loss_turning_nan_stops_before_its_checkpoint(tiny_demo_data, tmp_path, 
         return loss * float('nan') if len(calls) >= 3 else loss
 
     monkeypatch.setattr(UnitReconstructionHead, 'loss', loss_nan_from_call_3)
-    with pytest.raises(NonFiniteLossError, match=r'iteration 3 \(epoch 1.*loss=nan'):
+    # the first iteration after a save is checked at once (SafeCheckpointHook); elsewhere
+    # NonFiniteLossHook reads its device flag every `interval` iterations
+    with pytest.raises(NonFiniteLossError, match=r'[Nn]on-finite loss.* at iteration 3\b'):
         launch.main_train(demo_argv(tmp_path, tiny_demo_data))
     assert len(calls) == 3
     assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['iter_1.pth', 'iter_2.pth']
