@@ -54,6 +54,16 @@ def _split_heads_qkv(x, qkv_weight, qkv_bias, num_heads):
     return F.linear(x, qkv_weight, qkv_bias).view(b, n, 3, num_heads, c // num_heads)
 
 
+def group_pairs(plan: WindowPlan):
+    """(allowed (G, g, g) bool, rel_index (G, g, g) long) of a padded plan, on its device:
+    query/key slots of one window (a padding slot: itself only) and their bias-table row
+    (Swin's ``relative_position_index``; 0 where not allowed)."""
+    side = 2 * plan.window - 1
+    allowed = plan.slot_window[:, :, None] == plan.slot_window[:, None, :]
+    rel = plan.slot_code[:, :, None] - plan.slot_code[:, None, :] + (plan.window - 1) * (side + 1)
+    return allowed, rel * allowed
+
+
 def padded_window_attention(x: torch.Tensor, plan: WindowPlan, qkv_weight: torch.Tensor,
                             qkv_bias, table: torch.Tensor, num_heads: int, scale: float,
                             dropout_p: float = 0.0) -> torch.Tensor:
@@ -64,11 +74,12 @@ def padded_window_attention(x: torch.Tensor, plan: WindowPlan, qkv_weight: torch
     qkv = torch.cat([qkv, qkv.new_zeros(b, 1, *qkv.shape[2:])], dim=1)   # padding row N
     qkv = qkv[:, plan.slots.reshape(-1)].view(b, g_count, g, 3, num_heads, c // num_heads)
     q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, b, g_count * num_heads, g, -1).unbind(0)
+    allowed, rel_index = group_pairs(plan)
     if table is None:
         bias = q.new_zeros(g_count, 1, g, g).expand(-1, num_heads, -1, -1)
     else:
-        bias = table[plan.rel_index].permute(0, 3, 1, 2)                  # (G, heads, g, g)
-    bias = bias.masked_fill(~plan.allowed[:, None], float('-inf'))
+        bias = table[rel_index].permute(0, 3, 1, 2)                       # (G, heads, g, g)
+    bias = bias.masked_fill(~allowed[:, None], float('-inf'))
     bias = bias.reshape(1, g_count * num_heads, g, g).to(q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p,
                                          scale=scale)                    # (B, G*heads, g, hd)

@@ -623,7 +623,7 @@ def static_grouping(counts: Sequence[int], budget: Tuple[int, int]) -> Groups:
     """Pack window ``counts`` into exactly ``budget[0]`` groups of capacity
     ``budget[1]`` (first-fit decreasing; trailing groups may be empty).
 
-    Groups are lists of window indices. RuntimeError if the counts do not fit
+    Groups are lists of window indices (largest count first). RuntimeError if the counts do not fit
     (impossible for a mask the budget was computed for, see
     :func:`static_budget`).
     """
@@ -633,5 +633,5 @@ def static_grouping(counts: Sequence[int], budget: Tuple[int, int]) -> Groups:
     if len(bins) > n_groups or (counts and max(counts) > g):
         raise RuntimeError(f'window counts (max {max(counts)}, sum {sum(counts)}) do not fit '
                            f'the static budget of {n_groups} groups of {g}')
-    groups = [sorted(order[p] for p in b) for b in bins]
+    groups = [[order[p] for p in b] for b in bins]
     return groups + [[] for _ in range(n_groups - len(groups))]

@@ -47,7 +47,8 @@ class WindowPlan:
     Padded layout ('padded', SDPA backend; G groups of g slots):
         slots (G, g) long: token index of each slot; padding slots hold N (an appended zero row).
         inverse (N,) long: flat slot position (in G*g) of every token.
-        rel_index (G, g, g) long: bias-table row of each query/key slot pair (0 where not allowed).
+        rel_index (G, g, g) int32: bias-table row of each query/key slot pair (0 where not
+            allowed).
         allowed (G, g, g) bool: True where a query slot may attend a key slot (same window; a
             padding slot attends only itself, so no softmax row is empty).
     Packed layout ('packed', FlexAttention backend; L = nb * ``block`` slots, no grouping): every
@@ -65,8 +66,8 @@ class WindowPlan:
     layout: str
     slots: Optional[torch.Tensor] = None
     inverse: Optional[torch.Tensor] = None
-    rel_index: Optional[torch.Tensor] = None
-    allowed: Optional[torch.Tensor] = None
+    slot_window: Optional[torch.Tensor] = None
+    slot_code: Optional[torch.Tensor] = None
     order: Optional[torch.Tensor] = None
     window_id: Optional[torch.Tensor] = None
     rows: Optional[torch.Tensor] = None
@@ -118,9 +119,12 @@ def window_labels(coords: np.ndarray, window: int, shift: int) -> np.ndarray:
     off = (window - shift) % window
     wr = (coords[:, 0] + off) // window
     wc = (coords[:, 1] + off) // window
-    key = wr * (int(wc.max()) + 1 if len(wc) else 1) + wc
-    _, labels = np.unique(key, return_inverse=True)
-    return labels.reshape(-1)
+    if not len(coords):
+        return np.zeros(0, dtype=np.int64)
+    key = wr * (int(wc.max()) + 1) + wc
+    present = np.zeros(int(key.max()) + 1, dtype=np.int64)
+    present[key] = 1
+    return (np.cumsum(present) - 1)[key]  # rank of the key among the present ones
 
 
 @dataclass(frozen=True)
@@ -199,29 +203,25 @@ def build_window_plan(coords: np.ndarray, window: int, shift: int, channels: int
     n = len(coords)
     g, groups = choose_groups(counts.tolist(), channels, grouping, units, window, shift)
     window_start = np.zeros(len(counts), dtype=np.int64)
+    sizes = counts.tolist()
     for gi, group in enumerate(groups):
         pos = gi * g
         for w in group:
             window_start[w] = pos
-            pos += counts[w]
+            pos += sizes[w]
     labels_sorted = labels[order]
     pos = _slot_positions(labels_sorted, counts, window_start)
     slots = np.full(len(groups) * g, n, dtype=np.int64)
     slots[pos] = order
-    slot_label = np.full(len(groups) * g, -1, dtype=np.int64)
+    slot_label = -1 - np.arange(len(groups) * g)  # padding: a negative label of its own
     slot_label[pos] = labels_sorted
     inverse = np.empty(n, dtype=np.int64)
     inverse[order] = pos
-    slots, slot_label = slots.reshape(-1, g), slot_label.reshape(-1, g)
-
-    padded_coords = np.concatenate([coords, np.zeros((1, 2), dtype=coords.dtype)])[slots]
-    rel_index = relative_position_index(padded_coords, padded_coords, window)
-    allowed = (slot_label[:, :, None] == slot_label[:, None, :]) & (slot_label[:, :, None] >= 0)
-    allowed |= (slot_label < 0)[:, :, None] & np.eye(g, dtype=bool)[None]
-    rel_index = np.where(allowed, rel_index, 0)
+    slots = slots.reshape(-1, g)
+    code = np.append(coords[:, 0] * (2 * window - 1) + coords[:, 1], 0)[slots]
     t = torch.from_numpy
     return WindowPlan(window, shift, layout, slots=t(slots), inverse=t(inverse),
-                      rel_index=t(rel_index), allowed=t(allowed))
+                      slot_window=t(slot_label.reshape(-1, g)), slot_code=t(code))
 
 
 def _packed_plan(coords, labels, order, counts, window, shift,
@@ -244,16 +244,15 @@ def _packed_plan(coords, labels, order, counts, window, shift,
     slot_order[pos] = order
     window_id = np.full(length, -1, dtype=np.int64)
     window_id[pos] = labels_sorted
-    slot_coords = np.zeros((length, 2), dtype=np.int64)
-    slot_coords[pos] = coords[order]
+    rows, cols = np.zeros(length, dtype=np.int64), np.zeros(length, dtype=np.int64)
+    rows[pos], cols[pos] = coords[order, 0], coords[order, 1]
     inverse = np.empty(n, dtype=np.int64)
     inverse[order] = pos
     kv = _block_index(win_blocks, first_block, counts % block == 0, nb)
     t = torch.from_numpy
     return WindowPlan(window, shift, 'packed', order=t(slot_order), inverse=t(inverse),
                       window_id=t(window_id),
-                      rows=t(np.ascontiguousarray(slot_coords[:, 0])),
-                      cols=t(np.ascontiguousarray(slot_coords[:, 1])),
+                      rows=t(rows), cols=t(cols),
                       block=block, **{k: t(v) for k, v in kv.items()})
 
 
@@ -262,23 +261,24 @@ def _block_index(win_blocks: np.ndarray, first_block: np.ndarray, last_full: np.
     """BlockMask arrays of the packed layout: every block of a window attends the window's
     blocks; a (q, kv) block pair is 'partial' (mask_mod applied) when the kv block is the
     window's partly filled last block, else 'full'. Both sides (kv: per q block, q: per kv
-    block), so no transpose runs on the device."""
+    block), so no transpose runs on the device. Blocks past the windows attend nothing."""
+    used = int(win_blocks.sum())
+    window = np.repeat(np.arange(len(win_blocks)), win_blocks)   # window of every used block
+    start, size = first_block[window], win_blocks[window]
+    n_full = size - (~last_full[window]).astype(np.int64)
+    is_full = np.arange(used) - start < n_full                    # the block is wholly filled
+    names = ('full_kv', 'kv', 'full_q', 'q')
+    first = np.stack([start, start + n_full, start, start])              # (4, used)
+    count = np.stack([n_full, size - n_full, np.where(is_full, size, 0),
+                      np.where(is_full, 0, size)])
+    col = np.arange(nb)
+    num = np.zeros((4, 1, 1, nb), dtype=np.int32)
+    num[:, 0, 0, :used] = count
+    idx = np.zeros((4, 1, 1, nb, nb), dtype=np.int32)
+    idx[:, 0, 0, :used] = np.where(col < count[..., None], first[..., None] + col, 0)
     arrays = {}
-    for name in ('kv', 'full_kv', 'q', 'full_q'):
-        arrays[f'{name}_num_blocks'] = np.zeros((1, 1, nb), dtype=np.int32)
-        arrays[f'{name}_indices'] = np.zeros((1, 1, nb, nb), dtype=np.int32)
-
-    def put(name, rows, cols):
-        arrays[f'{name}_num_blocks'][0, 0, rows] = len(cols)
-        arrays[f'{name}_indices'][0, 0, rows, :len(cols)] = cols
-
-    for w, (k, s) in enumerate(zip(win_blocks.tolist(), first_block.tolist())):
-        blocks = np.arange(s, s + k, dtype=np.int32)
-        n_full = k if last_full[w] else k - 1
-        put('full_kv', blocks, blocks[:n_full])
-        put('kv', blocks, blocks[n_full:])
-        put('full_q', blocks[:n_full], blocks)
-        put('q', blocks[n_full:], blocks)
+    for i, name in enumerate(names):
+        arrays[f'{name}_num_blocks'], arrays[f'{name}_indices'] = num[i], idx[i]
     return arrays
 
 
