@@ -239,20 +239,16 @@ def _packed_plan(coords, labels, order, counts, window, shift,
         raise RuntimeError(f'{used} blocks exceed the packed budget of {nb}')
     labels_sorted = labels[order]
     pos = _slot_positions(labels_sorted, counts, first_block * block)
-    length = nb * block
-    slot_order = np.full(length, n, dtype=np.int64)
-    slot_order[pos] = order
-    window_id = np.full(length, -1, dtype=np.int64)
-    window_id[pos] = labels_sorted
-    rows, cols = np.zeros(length, dtype=np.int64), np.zeros(length, dtype=np.int64)
-    rows[pos], cols[pos] = coords[order, 0], coords[order, 1]
+    # rows of one array: slot order (padding N), window id (padding -1), row, col (padding 0)
+    slot = np.zeros((4, nb * block), dtype=np.int64)
+    slot[0], slot[1] = n, -1
+    slot[:, pos] = np.stack([order, labels_sorted, coords[order, 0], coords[order, 1]])
     inverse = np.empty(n, dtype=np.int64)
     inverse[order] = pos
     kv = _block_index(win_blocks, first_block, counts % block == 0, nb)
     t = torch.from_numpy
-    return WindowPlan(window, shift, 'packed', order=t(slot_order), inverse=t(inverse),
-                      window_id=t(window_id),
-                      rows=t(rows), cols=t(cols),
+    return WindowPlan(window, shift, 'packed', order=t(slot[0]), inverse=t(inverse),
+                      window_id=t(slot[1]), rows=t(slot[2]), cols=t(slot[3]),
                       block=block, **{k: t(v) for k, v in kv.items()})
 
 
@@ -271,11 +267,11 @@ def _block_index(win_blocks: np.ndarray, first_block: np.ndarray, last_full: np.
     first = np.stack([start, start + n_full, start, start])              # (4, used)
     count = np.stack([n_full, size - n_full, np.where(is_full, size, 0),
                       np.where(is_full, 0, size)])
-    col = np.arange(nb)
+    col = np.arange(int(win_blocks.max()))                     # a window's blocks at most
     num = np.zeros((4, 1, 1, nb), dtype=np.int32)
     num[:, 0, 0, :used] = count
     idx = np.zeros((4, 1, 1, nb, nb), dtype=np.int32)
-    idx[:, 0, 0, :used] = np.where(col < count[..., None], first[..., None] + col, 0)
+    idx[:, 0, 0, :used, :len(col)] = np.where(col < count[..., None], first[..., None] + col, 0)
     arrays = {}
     for i, name in enumerate(names):
         arrays[f'{name}_num_blocks'], arrays[f'{name}_indices'] = num[i], idx[i]
