@@ -11,7 +11,8 @@ import torch
 from mmengine.dist import get_rank
 from mmpretrain.models.selfsup import BaseSelfSupervisor
 
-from greenmim_mm.models.necks.grid_decoder import decode_cells, masked_cell_index
+from greenmim_mm.models.necks.grid_decoder import (decode_cells, masked_cell_index,
+                                                   visible_cell_index)
 from greenmim_mm.ops.masking import (check_mask_ratio, num_visible_units, random_unit_mask,
                                      unit_grid)
 from greenmim_mm.registry import MODELS
@@ -47,6 +48,12 @@ class GreenMIM(BaseSelfSupervisor):
             read at the first ``loss`` call, i.e. the seed mmengine's ``randomness`` set
             (including the seed it restores from a checkpoint on resume, and the per-rank seed
             with ``diff_rank_seed``).
+        compile (bool or dict): ``torch.compile`` the model step (encoder, decoder, loss; the
+            backward through AOT autograd) with these options (True: defaults). The host side
+            of the step (mask, geometry, decoder indices: ``plan_step``) stays outside the graph
+            and every shape is static per (mask ratio, image size), so it compiles once. The
+            host side is also excluded when mmengine's runner-level ``compile=True`` compiles
+            ``train_step``. Default False.
         data_preprocessor, init_cfg: as ``BaseSelfSupervisor``.
 
     The decoder reads only the last stage, so the backbone's ``out_indices`` must be exactly
@@ -62,7 +69,8 @@ class GreenMIM(BaseSelfSupervisor):
     def __init__(self, backbone: dict, neck: dict, head: dict, mask_ratio: float = 0.75,
                  mask_seed: Optional[int] = None, pretrained: Optional[str] = None,
                  data_preprocessor: Optional[Union[dict, torch.nn.Module]] = None,
-                 init_cfg: Optional[Union[dict, List[dict]]] = None):
+                 init_cfg: Optional[Union[dict, List[dict]]] = None,
+                 compile: Union[bool, dict] = False):
         self.mask_ratio = check_mask_ratio(mask_ratio)
         # Build through our registry (mmpretrain's base class would use mmpretrain's, which
         # does not know our components unless the default scope is greenmim_mm).
@@ -76,6 +84,8 @@ class GreenMIM(BaseSelfSupervisor):
         self.base_seed = None if mask_seed is None else int(mask_seed)
         self.register_buffer('mask_step', torch.zeros((), dtype=torch.int64), persistent=True)
         self._step = 0  # host mirror of ``mask_step``: no device sync to read it
+        self.compile_options = check_compile_options(compile)
+        self._compiled = None  # the compiled model step, built at the first loss call
 
     # ------------------------------------------------------------------ mask bookkeeping
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -117,9 +127,38 @@ class GreenMIM(BaseSelfSupervisor):
         The decoder predicts the masked units only (``decode_cells``), the only ones the loss
         reads: the same loss as predicting every unit (tested), for less decoder work."""
         img = _single_view(inputs)
-        mask = self.next_mask(img.shape[-2:])
-        latent = self.backbone(img, mask=mask)[-1]
-        return dict(loss=masked_cell_loss(self.neck, self.head, latent, img, mask))
+        return dict(loss=self.model_step(img, *self.plan_step(img.shape[-2:], img.device)))
+
+    @property
+    def model_step(self):
+        """``masked_loss``, compiled when ``compile`` was given (once, on first use)."""
+        if self.compile_options is False:
+            return self.masked_loss
+        if self._compiled is None:
+            options = {} if self.compile_options is True else self.compile_options
+            self._compiled = torch.compile(self.masked_loss, **options)
+        return self._compiled
+
+    @torch.compiler.disable
+    def plan_step(self, img_hw: Sequence[int], device) -> tuple:
+        """The host side of a step, never traced by ``torch.compile``: the step's mask and
+        geometry and the decoder's visible / masked cell indices, all on ``device``
+        (non-blocking copies). Advances the mask step. Also fills the decoder's position-embedding
+        cache for the grid here, so a compiled step never sees the cache change."""
+        mask = self.next_mask(img_hw)
+        geometry = self.backbone.sparse_geometry(mask, img_hw, device)
+        vis, cells = visible_cell_index(mask), masked_cell_index(mask)
+        if hasattr(self.neck, 'pos_embed'):
+            self.neck.pos_embed(tuple(mask.shape), torch.empty(0, device=device))
+        return tuple(_to_device(v, device) for v in (mask, geometry, vis, cells))
+
+    def masked_loss(self, img: torch.Tensor, mask: torch.Tensor, geometry: list,
+                    vis: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """The model step on the plan of ``plan_step`` (one graph under ``torch.compile``):
+        sparse encoder, decoder at the masked cells, scalar loss."""
+        latent = self.backbone(img, mask=mask, geometry=geometry)[-1]
+        return self.head.loss(decode_cells(self.neck, latent, mask, cells, vis), img, mask,
+                              cells)
 
     @torch.no_grad()
     def reconstruct(self, inputs: Union[torch.Tensor, List[torch.Tensor]],
@@ -148,6 +187,24 @@ def masked_cell_loss(neck: torch.nn.Module, head: torch.nn.Module, latent: torch
     # non_blocking, as the geometry transfer: no stream synchronisation on CUDA
     cells = masked_cell_index(mask).to(latent.device, non_blocking=True)
     return head.loss(decode_cells(neck, latent, mask, cells), img, mask, cells)
+
+
+def check_compile_options(options: Union[bool, dict, None]) -> Union[bool, dict]:
+    """``compile`` as False, True or a dict of ``torch.compile`` options; ValueError else."""
+    if options is None:
+        return False
+    if not isinstance(options, (bool, dict)):
+        raise ValueError(f'compile must be a bool or a dict of torch.compile options; got '
+                         f'{options!r}')
+    return options
+
+
+def _to_device(value, device):
+    """A tensor or a list of geometries on ``device`` (non-blocking; no-op when already
+    there)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    return [g if g.coords.device == torch.device(device) else g.to(device) for g in value]
 
 
 def check_greenmim_backbone(backbone: torch.nn.Module, neck: torch.nn.Module,

@@ -81,13 +81,15 @@ def _is_plain_encoder_layer(block: nn.Module) -> bool:
 
 
 def decode_cells(neck: nn.Module, latent: torch.Tensor, mask: torch.Tensor,
-                 cells: torch.Tensor) -> torch.Tensor:
+                 cells: torch.Tensor, vis: Optional[torch.Tensor] = None) -> torch.Tensor:
     """A decoder's predictions at ``cells`` only: (B, M, D), ``neck(latent, mask)[:, cells]``.
 
-    Decoders that take ``cells`` (``MAEGridDecoder``, ``LinearUnitDecoder``) compute only those;
-    any other neck predicts the whole grid, which is then indexed."""
+    Decoders that take ``cells`` (``MAEGridDecoder``, ``LinearUnitDecoder``) compute only those
+    (and take ``vis``, the precomputed ``visible_cell_index(mask)`` on the latent's device, so
+    that nothing mask-dependent is computed inside a compiled step); any other neck predicts the
+    whole grid, which is then indexed."""
     if getattr(neck, 'predicts_cells', False):
-        return neck(latent, mask, cells)
+        return neck(latent, mask, cells) if vis is None else neck(latent, mask, cells, vis=vis)
     return neck(latent, mask).index_select(1, cells)
 
 
@@ -130,14 +132,15 @@ class GridPlacement(BaseModule):
             self._pos_cache[key] = pos.to(like.device)[None]
         return self._pos_cache[key].to(like.dtype)
 
-    def place(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def place(self, tokens: torch.Tensor, mask: torch.Tensor,
+              vis: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Grid sequence: tokens (B, N_vis, D) + mask (H, W) -> (B, H*W, D).
 
-        Visible token k goes to the k-th visible cell in raster order, the mask token to every
-        masked cell; then the sin-cos position of each cell is added. ValueError when N_vis is
-        not the mask's number of visible cells.
+        Visible token k goes to the k-th visible cell in raster order (``vis``, default
+        ``visible_cell_index(mask)``), the mask token to every masked cell; then the sin-cos
+        position of each cell is added. ValueError when N_vis is not the number of visible cells.
         """
-        vis = visible_cell_index(mask)
+        vis = visible_cell_index(mask) if vis is None else vis
         b, n, d = tokens.shape
         if n != vis.numel():
             raise ValueError(f'{n} latents for a mask with {vis.numel()} visible units '
@@ -183,10 +186,11 @@ class MAEGridDecoder(GridPlacement):
         self.decoder_pred = nn.Linear(embed_dims, self.pred_dims, bias=True)
 
     def forward(self, latent: torch.Tensor, mask: torch.Tensor,
-                cells: Optional[torch.Tensor] = None) -> torch.Tensor:
+                cells: Optional[torch.Tensor] = None,
+                vis: Optional[torch.Tensor] = None) -> torch.Tensor:
         """latent (B, N_vis, C_in), mask (H, W) -> predictions (B, H*W, pred_dims), or
-        (B, M, pred_dims) at ``cells``."""
-        x = self.place(self.decoder_embed(latent), mask)
+        (B, M, pred_dims) at ``cells``; ``vis`` as in ``place``."""
+        x = self.place(self.decoder_embed(latent), mask, vis)
         blocks = list(self.decoder_blocks)
         last = blocks.pop() if cells is not None and blocks else None
         for blk in blocks:

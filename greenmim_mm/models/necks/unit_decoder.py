@@ -60,8 +60,9 @@ class LinearUnitDecoder(GridPlacement):
         self.decoder_pred = nn.Linear(in_channels, self.unit**2 * in_chans, bias=True)
 
     def forward(self, latent: torch.Tensor, mask: torch.Tensor,
-                cells: Optional[torch.Tensor] = None) -> torch.Tensor:
+                cells: Optional[torch.Tensor] = None,
+                vis: Optional[torch.Tensor] = None) -> torch.Tensor:
         """latent (B, N_vis, C_in), mask (Hu, Wu) -> predictions (B, Hu*Wu, unit²·in_chans)
-        (or at ``cells`` only)."""
-        x = self.place(latent, mask)
+        (or at ``cells`` only; ``vis`` as in ``GridPlacement.place``)."""
+        x = self.place(latent, mask, vis)
         return self.decoder_pred(x if cells is None else x.index_select(1, cells))
