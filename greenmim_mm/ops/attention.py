@@ -113,8 +113,10 @@ def flex_block_mask(plan: WindowPlan):
 
 
 def flex_kernel_options(plan: WindowPlan, device: torch.device):
-    """GPU kernel tiles that divide the plan's block (Triton's default 128/64 tiles would not);
-    None on the CPU."""
+    """GPU forward tiles that divide the plan's block (Triton's default 128/64 tiles would not);
+    None on the CPU. Not verified on a GPU yet: torch 2.11 picks the backward tiles from its own
+    configs (64 for bf16 on sm90) and skips those that do not divide the block, so the bf16
+    backward at 16-token blocks needs the device check (fp32 uses 16-tiles)."""
     if device.type != 'cuda':
         return None
     return {'BLOCK_M': plan.block, 'BLOCK_N': plan.block}
