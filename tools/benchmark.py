@@ -19,6 +19,8 @@ runs only that model (growth over a warm-up step's resident set).
     tools/env.sh python tools/benchmark.py --device cuda --arch base --img-size 224 \\
         --batch 128 --amp --backends sdpa flex                  # GPU: Swin-B, bf16 AMP
     tools/env.sh python tools/benchmark.py --backbone twins --arch small   # CPU: Twins-SVT-S
+    OMP_NUM_THREADS=2 tools/env.sh python tools/benchmark.py --arch nano --img-size 128 --window 4 --compile
+        # every GreenMIM row also compiled (torch.compile of the model step, the plan outside)
 """
 import argparse
 import json
@@ -49,6 +51,10 @@ def parse_args(argv=None):
     p.add_argument('--device', default='cpu')
     p.add_argument('--amp', action='store_true', help='bf16 autocast')
     p.add_argument('--backends', nargs='+', default=['sdpa'], choices=['sdpa', 'flex'])
+    p.add_argument('--compile', action='store_true',
+                   help='add a compiled twin of every GreenMIM model (GreenMIM compile=True: '
+                        'torch.compile of the model step, the plan outside the graph), timed '
+                        'in the same rounds after its warm-up (compilation not counted)')
     p.add_argument('--only', default=None, help=argparse.SUPPRESS)  # child: memory of one model
     p.add_argument('--json', default=None, help='also write the results to this file')
     p.add_argument('--no-memory', action='store_true',
@@ -68,13 +74,16 @@ import torch  # noqa: E402
 def variants(args):
     """(name, kind, mask ratio, attention backend) of every model in the comparison; the first
     is the baseline of the ratios."""
+    name = 'GreenMIM-Twins' if args.backbone == 'twins' else 'GreenMIM'
     if args.backbone == 'twins':
         out = [('Twins dense r0.75', 'twins-dense', GREENMIM_RATIO, 'sdpa')]
-        return out + [(f'GreenMIM-Twins r0.75 {b}', 'greenmim', GREENMIM_RATIO, b)
-                      for b in args.backends]
-    out = [('SimMIM r0.6', 'simmim', SIMMIM_RATIO, None),
-           ('SimMIM r0.75', 'simmim', GREENMIM_RATIO, None)]
-    out += [(f'GreenMIM r0.75 {b}', 'greenmim', GREENMIM_RATIO, b) for b in args.backends]
+    else:
+        out = [('SimMIM r0.6', 'simmim', SIMMIM_RATIO, None),
+               ('SimMIM r0.75', 'simmim', GREENMIM_RATIO, None)]
+    out += [(f'{name} r0.75 {b}', 'greenmim', GREENMIM_RATIO, b) for b in args.backends]
+    if getattr(args, 'compile', False):
+        out += [(f'{name} r0.75 {b} compiled', 'greenmim-compiled', GREENMIM_RATIO, b)
+                for b in args.backends]
     return out
 
 
@@ -101,7 +110,7 @@ def build(kind, ratio, backend, args):
                       loss=dict(type='PixelReconstructionLoss', criterion='L1', channel=3)))
     else:
         cfg = dict(
-            type='GreenMIM', mask_ratio=ratio,
+            type='GreenMIM', mask_ratio=ratio, compile=kind == 'greenmim-compiled',
             backbone=dict(type='GreenSwinTransformer', arch=arch, img_size=args.img_size,
                           window_size=window, drop_path_rate=0.0, attn_backend=backend),
             neck=dict(type='MAEUnitDecoder', in_channels=c_last, embed_dims=512, depth=1,
@@ -116,7 +125,7 @@ def build_twins(kind, ratio, backend, args):
     """GreenMIM with a GreenTwinsSVT, run sparse ('greenmim') or densely ('twins-dense')."""
     from greenmim_mm.registry import MODELS
     cfg = dict(
-        type='GreenMIM', mask_ratio=ratio,
+        type='GreenMIM', mask_ratio=ratio, compile=kind == 'greenmim-compiled',
         backbone=dict(type='GreenTwinsSVT', arch=args.arch, qkv_bias=True,
                       norm_after_stage=[False, False, False, True], drop_path_rate=0.0,
                       out_indices=(3, ), attn_backend=backend),
@@ -227,6 +236,7 @@ def gflop_per_image(args, name):
     import argparse as _argparse
     from torch.utils.flop_counter import FlopCounterMode
     kind, ratio, backend = next(v[1:] for v in variants(args) if v[0] == name)
+    kind = 'greenmim' if kind == 'greenmim-compiled' else kind  # the same FLOPs, eager on meta
     meta = _argparse.Namespace(**dict(vars(args), device='meta', amp=False))
     model = build(kind, ratio, backend, meta)
     x, samples = make_batch(kind, ratio, meta, torch.Generator().manual_seed(0))

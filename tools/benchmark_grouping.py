@@ -11,9 +11,15 @@ shift 0 and w//2) and random 7x7 unit masks, prints:
   fixed-g is the official code: g = min(w², max count), one repeated
   knapsack pass;
 * padding overhead n_groups*g / visible tokens of the optimal and fixed-g
-  plans.
+  plans;
+* the whole per-step plan (``build_geometry``: visible tokens, merge indices
+  and every window plan of Swin-B, window 7) per grouping policy and layout
+  (padded: SDPA, packed: FlexAttention), median / p90 ms of this thread's CPU
+  time (so that other processes on a busy machine do not count), and the
+  number of distinct plan shapes over the masks ('static' must give one).
 
 Usage: python tools/benchmark_grouping.py [--masks 200] [--seed 0]
+       python tools/benchmark_grouping.py --plan-only [--img-size 192]
 """
 import argparse
 import time
@@ -93,6 +99,42 @@ def bench_config(masks, n_alg1, cfg):
         pad_opt=np.mean(pad_opt), pad_fixed=np.mean(pad_fixed))
 
 
+def bench_plans(n_masks, ratio, seed, img_size):
+    """Per (grouping, layout): median / p90 ms of ``build_geometry`` for Swin-B (window 7, or
+    6 below 224 px) and the distinct plan shapes over the masks."""
+    import torch
+    from greenmim_mm.ops.masking import random_unit_mask, upsample_mask
+    from greenmim_mm.ops.windows import build_geometry
+    window = 7 if img_size % 224 == 0 else 6
+    units = img_size // 32
+    gen = torch.Generator().manual_seed(seed)
+    masks = [upsample_mask(random_unit_mask((units, units), ratio, gen), 8).numpy()
+             for _ in range(n_masks)]
+    rows = []
+    for policy, layout in (('optimal', 'padded'), ('static', 'padded'), ('static', 'packed')):
+        times, shapes = [], set()
+        for mask in masks:
+            start = time.thread_time()
+            geometry = build_geometry(mask, [[(window, 0), (window, window // 2)]] * 4,
+                                      EMBED_DIMS, False, policy, None, layout, 8)
+            times.append((time.thread_time() - start) * 1e3)
+            shapes.add(tuple((i, key, tuple(v.shape for v in vars(plan).values()
+                                            if isinstance(v, torch.Tensor)))
+                             for i, geo in enumerate(geometry)
+                             for key, plan in geo.plans.items()))
+        rows.append((policy, layout, np.median(times), np.percentile(times, 90), len(shapes)))
+    return rows
+
+
+def print_plans(args):
+    print(f'Per-step plan (build_geometry), Swin-B {args.img_size} px, ratio {args.ratio}, '
+          f'{args.masks} masks: thread CPU ms')
+    print(f'{"grouping":>8s} {"layout":>7s} {"median":>7s} {"p90":>6s} {"shapes":>6s}')
+    for policy, layout, med, p90, shapes in bench_plans(args.masks, args.ratio, args.seed,
+                                                        args.img_size):
+        print(f'{policy:>8s} {layout:>7s} {med:7.2f} {p90:6.2f} {shapes:6d}')
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--masks', type=int, default=200,
@@ -101,7 +143,14 @@ def main():
     parser.add_argument('--ratio', type=float, default=0.75)
     parser.add_argument('--alg1-masks', type=int, default=20,
                         help='masks on which Algorithm 1 is run')
+    parser.add_argument('--img-size', type=int, default=224,
+                        help='image size of the per-step plan section')
+    parser.add_argument('--plan-only', action='store_true',
+                        help='only the per-step plan section')
     args = parser.parse_args()
+    print_plans(args)
+    if args.plan_only:
+        return
     masks = random_masks(args.masks, args.ratio, args.seed)
     n_alg1 = min(args.alg1_masks, args.masks)
     print(f'Swin-B @224, {args.masks} masks (seed {args.seed}), ratio '

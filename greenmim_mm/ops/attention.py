@@ -9,8 +9,9 @@ table is given (``table=None``: no bias, as in Twins' LSA).
 * ``'sdpa'`` (portable, CPU and GPU): windows packed into G equal groups of g slots (padding
   included), ``F.scaled_dot_product_attention`` with an additive mask carrying the bias and -inf
   between windows. The QKV projection runs on the N tokens, before padding.
-* ``'flex'`` (packed, no padding; meant for GPU): tokens sorted by window in one sequence,
-  FlexAttention with a block mask by window id and the bias as ``score_mod``.
+* ``'flex'`` (packed; meant for GPU): tokens sorted by window in one sequence, every window
+  starting at a block boundary, FlexAttention with the plan's host-built block mask (same window)
+  and the bias as ``score_mod``.
 """
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,16 @@ def _split_heads_qkv(x, qkv_weight, qkv_bias, num_heads):
     return F.linear(x, qkv_weight, qkv_bias).view(b, n, 3, num_heads, c // num_heads)
 
 
+def group_pairs(plan: WindowPlan):
+    """(allowed (G, g, g) bool, rel_index (G, g, g) long) of a padded plan, on its device:
+    query/key slots of one window (a padding slot: itself only) and their bias-table row
+    (Swin's ``relative_position_index``; 0 where not allowed)."""
+    side = 2 * plan.window - 1
+    allowed = plan.slot_window[:, :, None] == plan.slot_window[:, None, :]
+    rel = plan.slot_code[:, :, None] - plan.slot_code[:, None, :] + (plan.window - 1) * (side + 1)
+    return allowed, rel * allowed
+
+
 def padded_window_attention(x: torch.Tensor, plan: WindowPlan, qkv_weight: torch.Tensor,
                             qkv_bias, table: torch.Tensor, num_heads: int, scale: float,
                             dropout_p: float = 0.0) -> torch.Tensor:
@@ -63,11 +74,12 @@ def padded_window_attention(x: torch.Tensor, plan: WindowPlan, qkv_weight: torch
     qkv = torch.cat([qkv, qkv.new_zeros(b, 1, *qkv.shape[2:])], dim=1)   # padding row N
     qkv = qkv[:, plan.slots.reshape(-1)].view(b, g_count, g, 3, num_heads, c // num_heads)
     q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, b, g_count * num_heads, g, -1).unbind(0)
+    allowed, rel_index = group_pairs(plan)
     if table is None:
         bias = q.new_zeros(g_count, 1, g, g).expand(-1, num_heads, -1, -1)
     else:
-        bias = table[plan.rel_index].permute(0, 3, 1, 2)                  # (G, heads, g, g)
-    bias = bias.masked_fill(~plan.allowed[:, None], float('-inf'))
+        bias = table[rel_index].permute(0, 3, 1, 2)                       # (G, heads, g, g)
+    bias = bias.masked_fill(~allowed[:, None], float('-inf'))
     bias = bias.reshape(1, g_count * num_heads, g, g).to(q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p,
                                          scale=scale)                    # (B, G*heads, g, hd)
@@ -76,41 +88,56 @@ def padded_window_attention(x: torch.Tensor, plan: WindowPlan, qkv_weight: torch
 
 
 def _compiled_flex():
-    """The fused FlexAttention kernel (compiled once per process). The number of visible tokens
-    per stage is fixed by the mask ratio, so shapes stay static across batches."""
+    """The fused FlexAttention kernel (compiled once per process). Every plan shape is static per
+    (mask ratio, image size), so it does not recompile across masks."""
     if not _COMPILED_FLEX:
         from torch.nn.attention.flex_attention import flex_attention
         _COMPILED_FLEX.append(torch.compile(flex_attention))
     return _COMPILED_FLEX[0]
 
 
-def _flex_block_mask(plan: WindowPlan, device):
-    """FlexAttention block mask 'same window', cached on the plan (one per forward pass)."""
-    cache = plan.__dict__.setdefault('_flex_cache', {})
-    if 'block_mask' not in cache:
-        from torch.nn.attention.flex_attention import create_block_mask
-        wid = plan.window_id
-        n = wid.numel()
+def flex_block_mask(plan: WindowPlan):
+    """The plan's FlexAttention ``BlockMask`` from its host-built index arrays (no
+    ``create_block_mask``, nothing computed on the device). mask_mod: same window."""
+    from torch.nn.attention.flex_attention import BlockMask
+    wid = plan.window_id
 
-        def same_window(b, h, q_idx, kv_idx):
-            return wid[q_idx] == wid[kv_idx]
+    def same_window(b, h, q_idx, kv_idx):
+        return wid[q_idx] == wid[kv_idx]
 
-        cache['block_mask'] = create_block_mask(same_window, B=None, H=None, Q_LEN=n, KV_LEN=n,
-                                                device=device)
-        cache['unsort'] = torch.argsort(plan.order)
-    return cache['block_mask'], cache['unsort']
+    length = wid.shape[0]
+    return BlockMask((length, length), plan.kv_num_blocks, plan.kv_indices,
+                     plan.full_kv_num_blocks, plan.full_kv_indices, plan.q_num_blocks,
+                     plan.q_indices, plan.full_q_num_blocks, plan.full_q_indices,
+                     (plan.block, plan.block), same_window)
+
+
+def flex_kernel_options(plan: WindowPlan, device: torch.device):
+    """GPU forward tiles that divide the plan's block (Triton's default 128/64 tiles would not);
+    None on the CPU. Not verified on a GPU yet: torch 2.11 picks the backward tiles from its own
+    configs (64 for bf16 on sm90) and skips those that do not divide the block, so the bf16
+    backward at 16-token blocks needs the device check (fp32 uses 16-tiles)."""
+    if device.type != 'cuda':
+        return None
+    return {'BLOCK_M': plan.block, 'BLOCK_N': plan.block}
 
 
 def flex_window_attention(x: torch.Tensor, plan: WindowPlan, qkv_weight: torch.Tensor,
-                          qkv_bias, table: torch.Tensor, num_heads: int,
-                          scale: float) -> torch.Tensor:
-    """Packed window attention with FlexAttention (no padding). x (B, N, C) -> (B, N, C)."""
+                          qkv_bias, table: torch.Tensor, num_heads: int, scale: float,
+                          compiled: bool = None) -> torch.Tensor:
+    """Packed window attention with FlexAttention. x (B, N, C) -> (B, N, C).
+
+    The QKV projection runs on the N tokens; the packed sequence (L slots, windows at block
+    boundaries, padding rows zero) goes through FlexAttention with the plan's BlockMask and the
+    relative-position bias as ``score_mod``. ``compiled`` (default: on CUDA) uses
+    ``torch.compile(flex_attention)``; inside an outer ``torch.compile`` flex is compiled
+    anyway."""
     from torch.nn.attention.flex_attention import flex_attention
     b, n, c = x.shape
-    block_mask, unsort = _flex_block_mask(plan, x.device)
-    qkv = _split_heads_qkv(x[:, plan.order], qkv_weight, qkv_bias, num_heads)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                          # (B, heads, N, hd)
-    rows, cols, w = plan.coords[:, 0], plan.coords[:, 1], plan.window
+    qkv = _split_heads_qkv(x, qkv_weight, qkv_bias, num_heads)
+    qkv = torch.cat([qkv, qkv.new_zeros(b, 1, *qkv.shape[2:])], dim=1)   # padding row N
+    q, k, v = qkv[:, plan.order].permute(2, 0, 3, 1, 4).unbind(0)            # (B, heads, L, hd)
+    rows, cols, w = plan.rows, plan.cols, plan.window                       # contiguous (L,)
     add_bias = None
     if table is not None:
         last = table.shape[0] - 1
@@ -120,10 +147,12 @@ def flex_window_attention(x: torch.Tensor, plan: WindowPlan, qkv_weight: torch.T
                    + (cols[q_idx] - cols[kv_idx] + w - 1))
             return score + table[idx.clamp(0, last), h].to(score.dtype)
 
-    attend = _compiled_flex() if x.is_cuda else flex_attention  # eager (unfused) on CPU
-    out = attend(q, k, v, score_mod=add_bias, block_mask=block_mask, scale=scale)
-    out = out.permute(0, 2, 1, 3).reshape(b, n, c)
-    return out[:, unsort]
+    use_compiled = x.is_cuda if compiled is None else compiled
+    attend = _compiled_flex() if use_compiled else flex_attention
+    out = attend(q, k, v, score_mod=add_bias, block_mask=flex_block_mask(plan), scale=scale,
+                 kernel_options=flex_kernel_options(plan, x.device))
+    out = out.permute(0, 2, 1, 3).reshape(b, -1, c)
+    return out[:, plan.inverse]
 
 
 def window_attention(x, plan, qkv_weight, qkv_bias, table, num_heads, scale,

@@ -20,6 +20,9 @@ QKV and output projections 4·g·C², QKᵀ and A·V 2·g²·C)::
   224 px takes ~0.1 ms (median) to ~1 ms (p90) on one CPU core.
 * :func:`window_counts` gives the visible count of every non-empty window of
   a stage from a mask over 32 px units.
+* :func:`static_budget` / :func:`static_grouping`: one (G, g) per stage plan for
+  every mask with a given number of visible units (static shapes for
+  ``torch.compile`` and CUDA graphs); see :func:`static_budget`.
 
 Everything here is pure Python + numpy and runs on the CPU.
 """
@@ -27,6 +30,7 @@ Everything here is pure Python + numpy and runs on the CPU.
 from __future__ import annotations
 
 import bisect
+import functools
 import heapq
 import numbers
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -35,7 +39,9 @@ import numpy as np
 
 __all__ = [
     'algorithm1_grouping', 'group_cost', 'grouping_cost', 'knapsack_subset',
-    'optimal_grouping', 'repeated_knapsack', 'window_counts'
+    'first_fit_bound', 'optimal_grouping', 'packed_block_budget',
+    'repeated_knapsack', 'static_budget',
+    'static_grouping', 'window_counts'
 ]
 
 Groups = List[List[int]]
@@ -507,3 +513,125 @@ def window_counts(mask_units: np.ndarray, tokens_per_unit: int, window: int,
     visible = (~mask_units).astype(np.int64)
     counts = row_overlap @ visible @ col_overlap.T  # (n_r, n_c)
     return [int(c) for c in counts.ravel() if c > 0]
+
+
+# --------------------------------------------------------------------------
+# Static budget: one (G, g) for every mask of a ratio and image size
+# --------------------------------------------------------------------------
+def _window_unit_overlap(size: int, t: int, window: int,
+                         shift: int) -> np.ndarray:
+    """(windows, units) token overlap of one axis: entry [i, u] is the number
+    of the ``size * t`` token rows of unit u inside window row i (window rows
+    from absolute coordinates, as :func:`window_counts`)."""
+    o = (window - shift) % window
+    win = (np.arange(size * t) + o) // window
+    overlap = np.zeros((int(win[-1]) + 1, size), dtype=np.int64)
+    np.add.at(overlap, (win, np.arange(size * t) // t), 1)
+    return overlap
+
+
+def _worst_case_windows(units_hw: Sequence[int], t: int, window: int,
+                        shift: int, visible: int) -> Tuple[int, int, int]:
+    """(largest window count, most non-empty windows, visible tokens) over
+    every mask of ``units_hw`` with ``visible`` visible units (exact: the k
+    best units of each window, the k units touching most windows)."""
+    rows = _window_unit_overlap(int(units_hw[0]), t, window, shift)
+    cols = _window_unit_overlap(int(units_hw[1]), t, window, shift)
+    # per (window, unit) token count; a window's largest count takes its k
+    # fullest units
+    per = (rows[:, None, :, None] * cols[None, :, None, :]).reshape(
+        rows.shape[0] * cols.shape[0], -1)
+    largest = int(np.sort(per, axis=1)[:, ::-1][:, :visible].sum(1).max())
+    touched = ((rows > 0).sum(0)[:, None] * (cols > 0).sum(0)[None, :]).ravel()
+    most = min(per.shape[0], int(np.sort(touched)[::-1][:visible].sum()))
+    return largest, most, visible * t * t
+
+
+def first_fit_bound(total: int, largest: int, g: int, items: int) -> int:
+    """Most groups first-fit decreasing can open at capacity ``g`` for items
+    of sizes in [1, ``largest``] summing to ``total`` (at most ``items``).
+
+    Let s be the item opening the last group k. If s > g/2, every item so far
+    is > g/2 and sits alone: k <= total // (g//2 + 1). Otherwise every earlier
+    group holds more than g - s >= g - min(largest, g//2) tokens (s did not
+    fit), so total >= (k-1)(g - min(largest, g//2) + 1) + 1.
+    ValueError if ``g < largest``.
+    """
+    if g < largest:
+        raise ValueError(f'capacity {g} is below the largest count {largest}')
+    if g >= total:
+        return 1
+    half = g // 2
+    alone = total // (half + 1) if largest > half else 0
+    shared = 1 + (total - 1) // (g - min(largest, half) + 1)
+    return min(items, max(alone, shared))
+
+
+@functools.lru_cache(maxsize=256)
+def static_budget(units_hw: Tuple[int, int], tokens_per_unit: int,
+                  window: int, shift: int, visible: int) -> Tuple[int, int]:
+    """The (G, g) that every mask with ``visible`` visible units fits.
+
+    ``units_hw`` is the unit grid (Hu, Wu) (e.g. 7x7 at 224 px), the stage
+    grid has ``tokens_per_unit`` tokens per unit side, windows ``window`` /
+    ``shift`` from absolute coordinates. From the worst case over all such
+    masks (the largest possible window count s, the most non-empty windows
+    n, N = visible * t**2 tokens), every g in [s, N] is feasible with
+    G(g) = :func:`first_fit_bound` groups; the budget is the g minimising the
+    attention work G·g² (then the slots G·g): the QKV and output projections
+    run on the N tokens, so padding costs only attention. The shape depends
+    on the grid and the number of visible units only, i.e. on (mask ratio,
+    image size); :func:`static_grouping` packs any such mask into it.
+    ValueError for bad arguments.
+    """
+    t = _check_int(tokens_per_unit, 'tokens_per_unit', 1)
+    window = _check_int(window, 'window', 1)
+    shift = _check_int(shift, 'shift', 0)
+    hu, wu = (_check_int(v, 'units_hw', 1) for v in units_hw)
+    visible = _check_int(visible, 'visible', 1)
+    if shift >= window or visible > hu * wu:
+        raise ValueError(f'need shift < window and visible <= {hu * wu} units; got '
+                         f'shift={shift}, window={window}, visible={visible}')
+    largest, most, total = _worst_case_windows((hu, wu), t, window, shift,
+                                               visible)
+    best = None
+    for g in range(largest, total + 1):
+        n_groups = first_fit_bound(total, largest, g, most)
+        key = (n_groups * g * g, n_groups * g)
+        if best is None or key < best[0]:
+            best = (key, n_groups, g)
+    return best[1], best[2]
+
+
+@functools.lru_cache(maxsize=256)
+def packed_block_budget(units_hw: Tuple[int, int], tokens_per_unit: int,
+                        window: int, shift: int, visible: int,
+                        block: int) -> int:
+    """Blocks of ``block`` tokens that hold every such mask's windows, each
+    window starting at a block boundary (FlexAttention's packed layout):
+    sum(ceil(c/block)) <= (N + n*(block-1)) // block for n non-empty windows,
+    and <= n * ceil(s/block) (worst case as :func:`static_budget`)."""
+    block = _check_int(block, 'block', 1)
+    largest, most, total = _worst_case_windows(
+        units_hw, _check_int(tokens_per_unit, 'tokens_per_unit', 1), window,
+        shift, visible)
+    return min((total + most * (block - 1)) // block,
+               most * -(-largest // block))
+
+
+def static_grouping(counts: Sequence[int], budget: Tuple[int, int]) -> Groups:
+    """Pack window ``counts`` into exactly ``budget[0]`` groups of capacity
+    ``budget[1]`` (first-fit decreasing; trailing groups may be empty).
+
+    Groups are lists of window indices (largest count first). RuntimeError if the counts do not fit
+    (impossible for a mask the budget was computed for, see
+    :func:`static_budget`).
+    """
+    n_groups, g = budget
+    order = sorted(range(len(counts)), key=lambda i: -counts[i])
+    bins = _first_fit_decreasing([counts[i] for i in order], g)
+    if len(bins) > n_groups or (counts and max(counts) > g):
+        raise RuntimeError(f'window counts (max {max(counts)}, sum {sum(counts)}) do not fit '
+                           f'the static budget of {n_groups} groups of {g}')
+    groups = [[order[p] for p in b] for b in bins]
+    return groups + [[] for _ in range(n_groups - len(groups))]

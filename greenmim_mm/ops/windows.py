@@ -22,41 +22,65 @@ import numpy as np
 import torch
 
 from .geometry import StageGeometry, child_index, visible_coords
-from .grouping import optimal_grouping
+from .grouping import (optimal_grouping, packed_block_budget, static_budget,
+                       static_grouping)
 
-GROUPING_POLICIES = ('optimal', 'window', 'single')
-
+GROUPING_POLICIES = ('static', 'optimal', 'window', 'single')
 
 LAYOUTS = ('padded', 'packed')
+
+# Tokens per FlexAttention block of the packed layout (the BlockMask's BLOCK_SIZE). Windows start
+# at block boundaries, so a block never mixes windows; 16 keeps the computed scores of Swin-B's
+# stage 0 at 224 px under 1.5x the needed ones (``tools/attention_scores.py``). The GPU kernel's
+# tile must divide it (``attention.flex_kernel_options``).
+FLEX_BLOCK = 16
 
 
 @dataclass
 class WindowPlan:
-    """Attention layout of one stage and shift parity (N visible tokens, G groups of g slots).
+    """Attention layout of one stage and shift parity (N visible tokens).
 
-    Only the layout of the attention backend in use is built (``layout``); the other's fields
-    are None.
+    Plain named tensors (plus three ints and a str), so a plan can be packed and moved generically.
+    Only the layout of the attention backend in use is built (``layout``); the other's fields are
+    None. With the 'static' grouping every shape depends only on (mask ratio, image size).
 
-    Padded layout ('padded', SDPA backend):
+    Padded layout ('padded', SDPA backend; G groups of g slots):
         slots (G, g) long: token index of each slot; padding slots hold N (an appended zero row).
         inverse (N,) long: flat slot position (in G*g) of every token.
-        rel_index (G, g, g) long: bias-table row of each query/key slot pair (0 where not allowed).
-        allowed (G, g, g) bool: True where a query slot may attend a key slot (same window; a padding
-            slot attends only itself, so no softmax row is empty).
-    Packed layout ('packed', FlexAttention backend, no grouping and no padding):
-        order (N,) long: tokens sorted by window; window_id (N,) long: dense window id per sorted
-        token; coords (N, 2) long: their (row, col).
+        rel_index (G, g, g) int32: bias-table row of each query/key slot pair (0 where not
+            allowed).
+        allowed (G, g, g) bool: True where a query slot may attend a key slot (same window; a
+            padding slot attends only itself, so no softmax row is empty).
+    Packed layout ('packed', FlexAttention backend; L = nb * ``block`` slots, no grouping): every
+    window starts at a block boundary, so a block holds one window's tokens and padding.
+        order (L,) long: token index of each slot (N for padding); inverse (N,) long: the slot of
+        every token; window_id (L,) long: window of each slot (-1 for padding); rows, cols (L,)
+        long (contiguous): slot coordinates (0 for padding).
+        {,full_}{kv,q}_num_blocks (1, 1, nb) int32 and {,full_}{kv,q}_indices (1, 1, nb, nb)
+        int32: FlexAttention's ``BlockMask`` arrays, built here on the host (a window's blocks
+        attend each other; pairs whose key block is the window's partly filled last block are
+        partial, i.e. apply the mask_mod).
     """
     window: int
     shift: int
     layout: str
     slots: Optional[torch.Tensor] = None
     inverse: Optional[torch.Tensor] = None
-    rel_index: Optional[torch.Tensor] = None
-    allowed: Optional[torch.Tensor] = None
+    slot_window: Optional[torch.Tensor] = None
+    slot_code: Optional[torch.Tensor] = None
     order: Optional[torch.Tensor] = None
     window_id: Optional[torch.Tensor] = None
-    coords: Optional[torch.Tensor] = None
+    rows: Optional[torch.Tensor] = None
+    cols: Optional[torch.Tensor] = None
+    kv_num_blocks: Optional[torch.Tensor] = None
+    kv_indices: Optional[torch.Tensor] = None
+    full_kv_num_blocks: Optional[torch.Tensor] = None
+    full_kv_indices: Optional[torch.Tensor] = None
+    q_num_blocks: Optional[torch.Tensor] = None
+    q_indices: Optional[torch.Tensor] = None
+    full_q_num_blocks: Optional[torch.Tensor] = None
+    full_q_indices: Optional[torch.Tensor] = None
+    block: int = FLEX_BLOCK
 
     def to(self, device) -> 'WindowPlan':
         """Copy the tensors to ``device`` (non-blocking)."""
@@ -68,7 +92,7 @@ class WindowPlan:
 
     @property
     def padded_slots(self) -> int:
-        """Slots the attention runs on (G*g padded, N packed)."""
+        """Slots the attention runs on (G*g padded, L packed)."""
         return int(self.slots.numel() if self.layout == 'padded' else self.order.numel())
 
 
@@ -95,13 +119,47 @@ def window_labels(coords: np.ndarray, window: int, shift: int) -> np.ndarray:
     off = (window - shift) % window
     wr = (coords[:, 0] + off) // window
     wc = (coords[:, 1] + off) // window
-    key = wr * (int(wc.max()) + 1 if len(wc) else 1) + wc
-    _, labels = np.unique(key, return_inverse=True)
-    return labels.reshape(-1)
+    if not len(coords):
+        return np.zeros(0, dtype=np.int64)
+    key = wr * (int(wc.max()) + 1) + wc
+    present = np.zeros(int(key.max()) + 1, dtype=np.int64)
+    present[key] = 1
+    return (np.cumsum(present) - 1)[key]  # rank of the key among the present ones
 
 
-def choose_groups(counts: List[int], channels: int, policy: str) -> Tuple[int, List[List[int]]]:
-    """Group size and groups (lists of window indices) for the given policy."""
+@dataclass(frozen=True)
+class StageUnits:
+    """The mask-unit structure of a stage grid, which fixes the static budgets: ``tokens`` per
+    unit side and ``visible`` units (N = visible * tokens², constant for a mask ratio)."""
+    hw: Tuple[int, int]
+    tokens: int
+    visible: int
+
+    @property
+    def units_hw(self) -> Tuple[int, int]:
+        return (self.hw[0] // self.tokens, self.hw[1] // self.tokens)
+
+
+def stage_units(hw: Sequence[int], tokens_per_unit: int, n_visible: int) -> StageUnits:
+    """StageUnits of a grid ``hw`` with ``n_visible`` visible tokens; ValueError if the grid or
+    the token count is not made of whole units."""
+    t = int(tokens_per_unit)
+    if t < 1 or hw[0] % t or hw[1] % t or n_visible % (t * t):
+        raise ValueError(f'a {hw[0]}x{hw[1]} grid with {n_visible} visible tokens is not made of '
+                         f'whole {t}x{t} mask units')
+    return StageUnits((int(hw[0]), int(hw[1])), t, n_visible // (t * t))
+
+
+def choose_groups(counts: List[int], channels: int, policy: str,
+                  units: Optional[StageUnits] = None, window: int = 0,
+                  shift: int = 0) -> Tuple[int, List[List[int]]]:
+    """Group size and groups (lists of window indices) for the given policy ('static' needs
+    ``units`` and the window: its (G, g) is :func:`~greenmim_mm.ops.grouping.static_budget`)."""
+    if policy == 'static':
+        if units is None:
+            raise ValueError("grouping='static' needs the stage's mask units (StageUnits)")
+        budget = static_budget(units.units_hw, units.tokens, window, shift, units.visible)
+        return budget[1], static_grouping(counts, budget)
     if policy == 'optimal':
         return optimal_grouping(counts, channels)
     if policy == 'window':
@@ -117,49 +175,107 @@ def layout_for_backend(backend: str) -> str:
     return 'packed' if backend == 'flex' else 'padded'
 
 
+def _slot_positions(labels_sorted: np.ndarray, counts: np.ndarray,
+                    window_start: np.ndarray) -> np.ndarray:
+    """Slot of every window-sorted token: its window's first slot + its rank in the window."""
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(len(labels_sorted)) - starts[labels_sorted]
+    return window_start[labels_sorted] + rank
+
+
 def build_window_plan(coords: np.ndarray, window: int, shift: int, channels: int,
-                      grouping: str = 'optimal', layout: str = 'padded') -> WindowPlan:
+                      grouping: str = 'static', layout: str = 'padded',
+                      units: Optional[StageUnits] = None) -> WindowPlan:
     """Plan the attention of N visible tokens (coords (N, 2), raster order) in windows ``w``/``s``.
 
     ``layout`` 'padded' groups the windows (``grouping``) into equal padded groups; 'packed'
-    only sorts the tokens by window (no grouping, no padding).
+    puts every window at a block boundary of one sequence for FlexAttention (no grouping). With
+    ``units`` (needed by ``grouping='static'``) the shapes depend on (ratio, image size) only:
+    the padded (G, g) is ``static_budget``'s, the packed length ``packed_block_budget``'s.
     """
     if layout not in LAYOUTS:
         raise ValueError(f'layout must be one of {LAYOUTS}; got {layout!r}')
     labels = window_labels(coords, window, shift)
     order = np.argsort(labels, kind='stable')
-    t = torch.from_numpy
-    if layout == 'packed':
-        return WindowPlan(window, shift, layout, order=t(order.astype(np.int64)),
-                          window_id=t(labels[order].astype(np.int64)),
-                          coords=t(coords[order].astype(np.int64)))
-    n = len(coords)
     counts = np.bincount(labels)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    g, groups = choose_groups(counts.tolist(), channels, grouping)
-
-    slots = np.full((len(groups), g), n, dtype=np.int64)
-    slot_label = np.full((len(groups), g), -1, dtype=np.int64)
+    if layout == 'packed':
+        return _packed_plan(coords, labels, order, counts, window, shift, units)
+    n = len(coords)
+    g, groups = choose_groups(counts.tolist(), channels, grouping, units, window, shift)
+    window_start = np.zeros(len(counts), dtype=np.int64)
+    sizes = counts.tolist()
     for gi, group in enumerate(groups):
-        pos = 0
+        pos = gi * g
         for w in group:
-            c = counts[w]
-            slots[gi, pos:pos + c] = order[starts[w]:starts[w] + c]
-            slot_label[gi, pos:pos + c] = w
-            pos += c
-    flat = slots.reshape(-1)
+            window_start[w] = pos
+            pos += sizes[w]
+    labels_sorted = labels[order]
+    pos = _slot_positions(labels_sorted, counts, window_start)
+    slots = np.full(len(groups) * g, n, dtype=np.int64)
+    slots[pos] = order
+    slot_label = -1 - np.arange(len(groups) * g)  # padding: a negative label of its own
+    slot_label[pos] = labels_sorted
     inverse = np.empty(n, dtype=np.int64)
-    real = flat < n
-    inverse[flat[real]] = np.nonzero(real)[0]
-
-    padded_coords = np.concatenate([coords, np.zeros((1, 2), dtype=coords.dtype)])[slots]
-    rel_index = relative_position_index(padded_coords, padded_coords, window)
-    allowed = (slot_label[:, :, None] == slot_label[:, None, :]) & (slot_label[:, :, None] >= 0)
-    pad_diag = (slot_label < 0)[:, :, None] & np.eye(g, dtype=bool)[None]
-    allowed |= pad_diag
-    rel_index = np.where(allowed, rel_index, 0)
+    inverse[order] = pos
+    slots = slots.reshape(-1, g)
+    code = np.append(coords[:, 0] * (2 * window - 1) + coords[:, 1], 0)[slots]
+    t = torch.from_numpy
     return WindowPlan(window, shift, layout, slots=t(slots), inverse=t(inverse),
-                      rel_index=t(rel_index), allowed=t(allowed))
+                      slot_window=t(slot_label.reshape(-1, g)), slot_code=t(code))
+
+
+def _packed_plan(coords, labels, order, counts, window, shift,
+                 units: Optional[StageUnits], block: int = FLEX_BLOCK) -> WindowPlan:
+    """The packed layout (see ``WindowPlan``): windows at block boundaries, the BlockMask's
+    index arrays built here on the host, one sequence of ``packed_block_budget`` blocks (or just
+    enough blocks without ``units``)."""
+    n = len(coords)
+    win_blocks = -(-counts // block)
+    first_block = np.concatenate([[0], np.cumsum(win_blocks)[:-1]])
+    used = int(win_blocks.sum())
+    nb = used if units is None else packed_block_budget(
+        units.units_hw, units.tokens, window, shift, units.visible, block)
+    if used > nb:
+        raise RuntimeError(f'{used} blocks exceed the packed budget of {nb}')
+    labels_sorted = labels[order]
+    pos = _slot_positions(labels_sorted, counts, first_block * block)
+    # rows of one array: slot order (padding N), window id (padding -1), row, col (padding 0)
+    slot = np.zeros((4, nb * block), dtype=np.int64)
+    slot[0], slot[1] = n, -1
+    slot[:, pos] = np.stack([order, labels_sorted, coords[order, 0], coords[order, 1]])
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[order] = pos
+    kv = _block_index(win_blocks, first_block, counts % block == 0, nb)
+    t = torch.from_numpy
+    return WindowPlan(window, shift, 'packed', order=t(slot[0]), inverse=t(inverse),
+                      window_id=t(slot[1]), rows=t(slot[2]), cols=t(slot[3]),
+                      block=block, **{k: t(v) for k, v in kv.items()})
+
+
+def _block_index(win_blocks: np.ndarray, first_block: np.ndarray, last_full: np.ndarray,
+                 nb: int) -> dict:
+    """BlockMask arrays of the packed layout: every block of a window attends the window's
+    blocks; a (q, kv) block pair is 'partial' (mask_mod applied) when the kv block is the
+    window's partly filled last block, else 'full'. Both sides (kv: per q block, q: per kv
+    block), so no transpose runs on the device. Blocks past the windows attend nothing."""
+    used = int(win_blocks.sum())
+    window = np.repeat(np.arange(len(win_blocks)), win_blocks)   # window of every used block
+    start, size = first_block[window], win_blocks[window]
+    n_full = size - (~last_full[window]).astype(np.int64)
+    is_full = np.arange(used) - start < n_full                    # the block is wholly filled
+    names = ('full_kv', 'kv', 'full_q', 'q')
+    first = np.stack([start, start + n_full, start, start])              # (4, used)
+    count = np.stack([n_full, size - n_full, np.where(is_full, size, 0),
+                      np.where(is_full, 0, size)])
+    col = np.arange(int(win_blocks.max()))                     # a window's blocks at most
+    num = np.zeros((4, 1, 1, nb), dtype=np.int32)
+    num[:, 0, 0, :used] = count
+    idx = np.zeros((4, 1, 1, nb, nb), dtype=np.int32)
+    idx[:, 0, 0, :used, :len(col)] = np.where(col < count[..., None], first[..., None] + col, 0)
+    arrays = {}
+    for i, name in enumerate(names):
+        arrays[f'{name}_num_blocks'], arrays[f'{name}_indices'] = num[i], idx[i]
+    return arrays
 
 
 def relative_position_index(q_coords, k_coords, window: int):
@@ -175,34 +291,39 @@ def relative_position_index(q_coords, k_coords, window: int):
 
 def build_geometry(mask_tokens: np.ndarray, block_windows: Sequence[Sequence[Tuple[int, int]]],
                    channels: Sequence[int], pad_small_map: bool = False,
-                   grouping: str = 'optimal',
+                   grouping: str = 'static',
                    downsample: Optional[Sequence[bool]] = None,
-                   layout: str = 'padded') -> List[StageGeometry]:
+                   layout: str = 'padded',
+                   tokens_per_unit: Optional[int] = None) -> List[StageGeometry]:
     """Per-stage Swin geometry for a stage-0 token mask (H0, W0) (True = masked).
 
     block_windows[i]: the configured (window, shift) of every block of stage i; channels[i]: the
     stage's width (for the grouping cost model). The grid halves after every stage with
     ``downsample[i]`` (default: all but the last; ``children[2]`` holds its merge index). One plan
     of ``layout`` is built per distinct effective (window, shift) of a stage and shared by all its
-    blocks that use it.
+    blocks that use it. ``tokens_per_unit``: stage-0 tokens per mask-unit side (default
+    2**merges: the last stage's token is the unit), for the static budgets.
     """
     n_stages = len(block_windows)
     downsample = [i < n_stages - 1 for i in range(n_stages)] if downsample is None else downsample
+    t = 2**sum(map(bool, downsample)) if tokens_per_unit is None else int(tokens_per_unit)
     hw = tuple(int(s) for s in mask_tokens.shape)
     coords = visible_coords(mask_tokens)
     stages = []
     for i in range(n_stages):
+        units = stage_units(hw, t, len(coords))
         plans, by_effective = {}, {}
         for key in dict.fromkeys(tuple(k) for k in block_windows[i]):
             eff = effective_window(hw, key[0], key[1], pad_small_map)
             if eff not in by_effective:
                 by_effective[eff] = build_window_plan(coords, eff[0], eff[1], channels[i],
-                                                      grouping, layout)
+                                                      grouping, layout, units)
             plans[key] = by_effective[eff]
         geo = StageGeometry(hw, torch.from_numpy(coords), plans)
         if downsample[i]:
             coords, merge = child_index(coords, hw, 2)
             geo.children[2] = torch.from_numpy(merge)
             hw = (hw[0] // 2, hw[1] // 2)
+            t = max(1, t // 2)
         stages.append(geo)
     return stages

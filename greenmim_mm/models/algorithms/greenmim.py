@@ -50,6 +50,12 @@ class GreenMIM(BaseSelfSupervisor):
             read at the first ``loss`` call, i.e. the seed mmengine's ``randomness`` set
             (including the seed it restores from a checkpoint on resume, and the per-rank seed
             with ``diff_rank_seed``).
+        compile (bool or dict): ``torch.compile`` the model step (encoder, decoder, loss; the
+            backward through AOT autograd) with these options (True: defaults). The host side
+            of the step (mask, geometry, decoder indices: ``plan_step``) stays outside the graph
+            and every shape is static per (mask ratio, image size), so it compiles once. The
+            host side is also excluded when mmengine's runner-level ``compile=True`` compiles
+            ``train_step``. Default False.
         data_preprocessor, init_cfg: as ``BaseSelfSupervisor``.
 
     The decoder reads only the last stage, so the backbone's ``out_indices`` must be exactly
@@ -71,7 +77,8 @@ class GreenMIM(BaseSelfSupervisor):
     def __init__(self, backbone: dict, neck: dict, head: dict, mask_ratio: float = 0.75,
                  mask_seed: Optional[int] = None, pretrained: Optional[str] = None,
                  data_preprocessor: Optional[Union[dict, torch.nn.Module]] = None,
-                 init_cfg: Optional[Union[dict, List[dict]]] = None, prefetch_plan: bool = True):
+                 init_cfg: Optional[Union[dict, List[dict]]] = None, prefetch_plan: bool = True,
+                 compile: Union[bool, dict] = False):
         self.mask_ratio = check_mask_ratio(mask_ratio)
         # Build through our registry (mmpretrain's base class would use mmpretrain's, which
         # does not know our components unless the default scope is greenmim_mm).
@@ -87,6 +94,8 @@ class GreenMIM(BaseSelfSupervisor):
         self._step = 0  # host mirror of ``mask_step``: no device sync to read it
         self.prefetch_plan = bool(prefetch_plan)
         self._prefetcher = PlanPrefetcher()
+        self.compile_options = check_compile_options(compile)
+        self._compiled = None  # the compiled model step, built at the first loss call
 
     # ------------------------------------------------------------------ mask bookkeeping
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -167,10 +176,36 @@ class GreenMIM(BaseSelfSupervisor):
         The decoder predicts the masked units only (``decode_cells``), the only ones the loss
         reads: the same loss as predicting every unit (tested), for less decoder work."""
         img = _single_view(inputs)
+        mask, plan = self.plan_step(img)
+        return dict(loss=self.model_step(img, mask, plan['geometry'], plan['cells']))
+
+    @property
+    def model_step(self):
+        """``masked_loss``, compiled when ``compile`` was given (once, on first use)."""
+        if self.compile_options is False:
+            return self.masked_loss
+        if self._compiled is None:
+            options = {} if self.compile_options is True else self.compile_options
+            self._compiled = torch.compile(self.masked_loss, **options)
+        return self._compiled
+
+    @torch.compiler.disable
+    def plan_step(self, img: torch.Tensor) -> Tuple[torch.Tensor, dict]:
+        """The host side of a step, never traced by ``torch.compile``: :meth:`take_plan` (the
+        step's host mask and its plan on ``img``'s device, prefetched). Also fills the decoder's
+        position-embedding cache for the grid here, so a compiled step never sees the cache
+        change."""
         mask, plan = self.take_plan(img)
-        latent = self.backbone(img, mask=mask, geometry=plan['geometry'])[-1]
-        return dict(loss=masked_cell_loss(self.neck, self.head, latent, img, mask,
-                                          plan['cells']))
+        if hasattr(self.neck, 'pos_embed'):
+            self.neck.pos_embed(tuple(mask.shape), torch.empty(0, device=img.device))
+        return mask, plan
+
+    def masked_loss(self, img: torch.Tensor, mask: torch.Tensor, geometry,
+                    cells: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The model step on the plan of :meth:`plan_step` (one graph under
+        ``torch.compile``): sparse encoder, decoder at the masked cells, scalar loss."""
+        latent = self.backbone(img, mask=mask, geometry=geometry)[-1]
+        return masked_cell_loss(self.neck, self.head, latent, img, mask, cells)
 
     @torch.no_grad()
     def reconstruct(self, inputs: Union[torch.Tensor, List[torch.Tensor]],
@@ -216,6 +251,16 @@ class ModelConfigError(ValueError):
     """A model config that builds but cannot train (a decoder narrower or wider than the
     backbone output it reads, wrong ``out_indices``, ...), found at build time; the message names
     the config key and the fix. ``tools/train.py`` / ``tools/test.py`` print it as one line."""
+
+
+def check_compile_options(options: Union[bool, dict, None]) -> Union[bool, dict]:
+    """``compile`` as False, True or a dict of ``torch.compile`` options; ValueError else."""
+    if options is None:
+        return False
+    if not isinstance(options, (bool, dict)):
+        raise ValueError(f'compile must be a bool or a dict of torch.compile options; got '
+                         f'{options!r}')
+    return options
 
 
 def check_greenmim_backbone(backbone: torch.nn.Module, neck: torch.nn.Module,

@@ -36,9 +36,12 @@ class GreenSwinTransformer(SparseBackboneMixin, StrictPretrainedMixin, SwinTrans
     Args (besides mmpretrain's ``SwinTransformer``'s):
         attn_backend (str): 'auto' (FlexAttention on CUDA when available, else SDPA), 'sdpa'
             (padded groups, portable) or 'flex' (packed, no padding).
-        grouping (str): 'optimal' (group size minimising the MSA cost model; see
-            ``greenmim_mm.ops.grouping``), 'window' (one window per group) or 'single' (all
-            visible tokens in one group, GreenMIM's "masking" mode).
+        grouping (str): 'static' (default: one (G, g) per stage plan for every mask of a mask
+            ratio and image size, fixed from the worst case, so ``torch.compile`` and CUDA graphs
+            see static shapes; see ``greenmim_mm.ops.grouping.static_budget``), 'optimal' (group
+            size minimising the MSA cost model per mask; shapes change with the mask), 'window'
+            (one window per group) or 'single' (all visible tokens in one group, GreenMIM's
+            "masking" mode).
 
     ``frozen_stages=k`` (mmpretrain's meaning: patch embedding, stages 0..k and their out norms)
     takes effect at construction (``requires_grad=False`` right after ``__init__``, so DDP never
@@ -58,7 +61,7 @@ class GreenSwinTransformer(SparseBackboneMixin, StrictPretrainedMixin, SwinTrans
 
     arch_zoo = {**SwinTransformer.arch_zoo, 'nano': SWIN_NANO}
 
-    def __init__(self, *args, attn_backend: str = 'auto', grouping: str = 'optimal', **kwargs):
+    def __init__(self, *args, attn_backend: str = 'auto', grouping: str = 'static', **kwargs):
         if attn_backend not in BACKENDS:
             raise ValueError(f'attn_backend must be one of {BACKENDS}; got {attn_backend!r}')
         if grouping not in GROUPING_POLICIES:
@@ -146,7 +149,7 @@ class GreenSwinTransformer(SparseBackboneMixin, StrictPretrainedMixin, SwinTrans
         downsample = [stage.downsample is not None for stage in self.stages]
         layout = layout_for_backend(self.attention_backend(device, self._max_attn_drop()))
         return build_geometry(tokens, block_windows, channels, pad_small, self.grouping,
-                              downsample, layout)
+                              downsample, layout, self.mask_unit // self.patch_stride)
 
     def _max_attn_drop(self) -> float:
         return max(blk.attn.w_msa.attn_drop.p for stage in self.stages for blk in stage.blocks)

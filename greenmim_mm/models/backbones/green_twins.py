@@ -16,6 +16,7 @@ from greenmim_mm.ops import (BACKENDS, DEFAULT_SPARSE_CONV, GROUPING_POLICIES, S
                              build_window_plan, child_index, gather_children,
                              layout_for_backend, neighbour_index, sparse_depthwise_conv,
                              visible_coords, window_attention)
+from greenmim_mm.ops.windows import stage_units
 from greenmim_mm.ops.geometry import flat_index
 from greenmim_mm.ops.sparse_conv import check_mode, resolve_mode
 from greenmim_mm.registry import MODELS
@@ -100,7 +101,8 @@ class GreenTwinsSVT(SparseBackboneMixin, StrictPretrainedMixin, SVT):
             per-head norm of those outputs. Default False: mmpretrain's outputs.
         attn_backend (str): LSA backend: 'auto' (FlexAttention on CUDA when available, else
             SDPA), 'sdpa' (padded groups) or 'flex' (packed, no grouping).
-        grouping (str): 'optimal', 'window' or 'single' (as ``GreenSwinTransformer``).
+        grouping (str): 'static' (default), 'optimal', 'window' or 'single' (as
+            ``GreenSwinTransformer``).
         sparse_conv (str): PEG formulation: 'auto' (the default: per stage, the neighbour
             gather when at most 28 % of the grid is visible, e.g. ratio 0.75, else the dense
             form; both measured, see ``greenmim_mm.ops.sparse_conv``), 'dense' (scatter -> dense
@@ -122,7 +124,7 @@ class GreenTwinsSVT(SparseBackboneMixin, StrictPretrainedMixin, SVT):
     OPTIONAL_UNEXPECTED = (r'norm_after_stage\d+\.(weight|bias)', )
     arch_zoo = {**SVT.arch_zoo, 'nano': TWINS_NANO}
 
-    def __init__(self, *args, attn_backend: str = 'auto', grouping: str = 'optimal',
+    def __init__(self, *args, attn_backend: str = 'auto', grouping: str = 'static',
                  sparse_conv: str = DEFAULT_SPARSE_CONV, out_after_downsample: bool = False,
                  **kwargs):
         if attn_backend not in BACKENDS:
@@ -211,8 +213,9 @@ class GreenTwinsSVT(SparseBackboneMixin, StrictPretrainedMixin, SVT):
         for i in range(self.num_stage):
             geo = StageGeometry(hw, t(coords))
             ws = int(self.window_sizes[i])
+            units = stage_units(hw, self.mask_unit // self.stage_stride(i), len(coords))
             geo.plans[ws] = build_window_plan(coords, ws, 0, int(self.embed_dims[i]),
-                                              self.grouping, layout)
+                                              self.grouping, layout, units)
             sr = int(self.sr_ratios[i])
             if sr > 1:
                 geo.children[sr] = t(child_index(coords, hw, sr)[1])

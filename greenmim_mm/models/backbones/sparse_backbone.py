@@ -59,7 +59,8 @@ class SparseBackboneMixin:
         """The geometry (built if not given) on ``x``'s device and the attention backend."""
         if geometry is None:
             geometry = self.sparse_geometry(mask, x.shape[-2:], x.device)
-        geometry = [g.to(x.device) for g in geometry]
+        # moved only when elsewhere (a no-op object rebuild would be traced by torch.compile)
+        geometry = [g if g.coords.device == x.device else g.to(x.device) for g in geometry]
         return geometry, self.attention_backend(x.device, self._max_attn_drop())
 
     def stage0_token_mask(self, mask: torch.Tensor, img_hw: Sequence[int]):
