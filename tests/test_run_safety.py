@@ -95,6 +95,47 @@ def test_second_train_process_in_a_work_dir_refuses_naming_the_first(tmp_path):
     assert (work / 'epoch_1.pth').is_file()
 
 
+@pytest.mark.parametrize('link', ['symlink', 'hardlink'])
+def test_planted_lock_file_link_is_refused_and_never_written(tmp_path, link):
+    """A work dir holding ``.greenmim_mm.lock`` as a link to another file (a shared or unpacked
+    work dir): taking the lock truncated and overwrote that file ('pid N on host H'); now
+    tools/train.py ends with one line naming the lock file and the file keeps its bytes."""
+    from greenmim_mm import launch
+    from greenmim_mm.engine.work_dir_lock import LOCK_NAME
+    work = tmp_path / 'work'
+    work.mkdir()
+    precious = work / 'epoch_3.pth' if link == 'hardlink' else tmp_path / 'notes.txt'
+    precious.write_bytes(b'precious bytes')
+    (os.symlink if link == 'symlink' else os.link)(precious, work / LOCK_NAME)
+    with pytest.raises(SystemExit, match=rf'^train: error: lock file .*{LOCK_NAME} is a '
+                       f'{"symlink" if link == "symlink" else "hard link"}.*remove it'):
+        launch.main_train([DEMO_CFG, '--work-dir', str(work)])
+    assert precious.read_bytes() == b'precious bytes'
+
+
+def test_lock_is_released_although_a_forked_child_shares_it(tmp_path):
+    """Data loader workers are forked while the lock is held and share it; after the run ends
+    (or after its process dies) another run must get the work dir."""
+    from greenmim_mm.engine.work_dir_lock import lock_work_dir, unlock_work_dir
+    work = str(tmp_path / 'work')
+    lock_work_dir(work)
+    child = os.fork()
+    if child == 0:  # a worker that outlives the run
+        import time
+        time.sleep(30)
+        os._exit(0)
+    try:
+        unlock_work_dir(work)
+        probe = subprocess.run(
+            [sys.executable, '-c', 'from greenmim_mm.engine.work_dir_lock import lock_work_dir; '
+             f'lock_work_dir({work!r})'], capture_output=True, text=True, cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1'), timeout=120)
+        assert probe.returncode == 0, probe.stderr[-2000:]
+    finally:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+
+
 def test_start_up_sweep_removes_only_its_own_dead_temp_files(tmp_path):
     """A user file named like ``.X.Y.partial`` and a live writer's temporary file (e.g. a
     converter writing into the work dir) stay; a dead writer's temporary file goes."""
