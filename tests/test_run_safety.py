@@ -6,6 +6,7 @@ Toy runs (mmengine's Runner, a linear regression, 16 samples: one iteration per 
 """
 import os
 import os.path as osp
+import re
 import socket
 import subprocess
 import sys
@@ -313,6 +314,24 @@ def test_lr_the_parameters_cannot_hold_is_one_error_before_the_first_step(tmp_pa
                        r'group 0 is not a finite torch.float32 value'):
         runner.train()
     assert runner.iter == 0 and not list((tmp_path / 'work').glob('*.pth'))
+
+
+def test_train_tool_ends_an_overflowing_lr_with_one_line(tmp_path, demo_data_factory, capsys):
+    """The issue's AdamW at lr 1e45 through tools/train.py's entry point on the GreenMIM demo:
+    one line ``train: error: ...`` naming the lr and the setting to lower (it was a traceback,
+    with the lr named twice), nothing trained."""
+    from greenmim_mm import launch
+    data = demo_data_factory('adamw_1e45', train_per_class=1, val_per_class=1)
+    with pytest.raises(SystemExit) as exit_info:
+        launch.train_tool([DEMO_CFG, '--work-dir', str(tmp_path / 'work'), '--cfg-options',
+                           'optim_wrapper.optimizer.lr=1e45',
+                           f'train_dataloader.dataset.data_root={data}'])
+    message = str(exit_info.value.code)
+    assert '\n' not in message and message.count('(lr ') == 0, message
+    assert re.fullmatch(r'train: error: learning rate 1e\+\d\d of parameter group 0 is not a '
+                        r'finite torch\.float32 value .* Lower optim_wrapper\.optimizer\.lr\.',
+                        message), message
+    assert not list((tmp_path / 'work').glob('*.pth'))
 
 
 @pytest.mark.parametrize('dtype,value,bad', [
