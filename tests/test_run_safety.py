@@ -137,6 +137,27 @@ def test_lock_is_released_although_a_forked_child_shares_it(tmp_path):
         os.waitpid(child, 0)
 
 
+def test_runs_of_other_work_dirs_sharing_an_out_dir_exclude_each_other(tmp_path):
+    """Checkpoints go to ``<out_dir>/<work dir's name>``: runs in a/exp and b/exp with one
+    ``out_dir`` both wrote out/exp/epoch_N.pth (the later overwrote the earlier's, with no lock
+    taken there); now the second refuses, naming the first."""
+    out = tmp_path / 'out'
+    first = holder('from greenmim_mm.engine.work_dir_lock import lock_work_dir',
+                   f'lock_work_dir({str(out / "exp")!r})')  # the first run's checkpoint dir
+    try:
+        second = toy_runner(tmp_path / 'b' / 'exp', epochs=1, name='shared_out',
+                            hook=dict(out_dir=str(out)))
+        with pytest.raises(WorkDirBusyError, match=rf'{out / "exp"} is in use by another run '
+                           rf'\(pid {first.pid} '):
+            second.train()
+        assert not list((out / 'exp').glob('*.pth'))
+    finally:
+        release(first)
+    toy_runner(tmp_path / 'c' / 'exp', epochs=1, name='free_out',
+               hook=dict(out_dir=str(out))).train()
+    assert (out / 'exp' / 'epoch_1.pth').is_file()
+
+
 def test_start_up_sweep_removes_only_its_own_dead_temp_files(tmp_path):
     """A user file named like ``.X.Y.partial`` and a live writer's temporary file (e.g. a
     converter writing into the work dir) stay; a dead writer's temporary file goes."""
