@@ -141,16 +141,33 @@ def _refused_global(cause: str) -> Optional[str]:
     return None
 
 
+def _refused_operation(cause: str) -> Optional[str]:
+    """What the file does, for torch's refusals that name no global: a call (REDUCE) of an object
+    that is not a function ('Trying to call reduce for unrecognized function {}'), a state set
+    (BUILD) on a type that takes none ('Can only build ..., but got <class 'int'>')."""
+    found = re.search(r'Trying to call reduce for unrecognized function (.+)$', cause)
+    if found and not re.fullmatch(r'[\w.]+', found.group(1).strip()):
+        return (f'it calls the object {found.group(1).strip()} as a function (pickle REDUCE), '
+                'which is not allowed')
+    found = re.search(r"Can only build .* but got <class '([^']+)'>", cause)
+    if found:
+        return (f'it sets the state of an object of type {found.group(1)} (pickle BUILD), '
+                'which is not allowed')
+    return None
+
+
 def _describe(path: str, err: Exception) -> CheckpointLoadError:
     if isinstance(err, ScanRefusal):  # not code: a tensor, size or key torch would not check
         return UnsafeCheckpointError(f'cannot read {path}: {err}')
     cause = _unpickler_cause(err)
-    what = _refused_global(cause)
-    if what is not None:
+    operation = _refused_operation(cause)
+    what = _refused_global(cause) if operation is None else None
+    if what is not None or operation is not None:
+        operation = operation or f'it pickles {what}, which is not allowed'
         return UnsafeCheckpointError(
-            f'cannot read {path}: it pickles {what}, which is not allowed (greenmim_mm loads '
-            f'checkpoints weights-only with inert classes only: {_INERT}); such a file can run '
-            f'code when loaded. {_SEE_README}.')
+            f'cannot read {path}: {operation} (greenmim_mm loads checkpoints weights-only with '
+            f'inert classes only: {_INERT}); such a file can run code when loaded. '
+            f'{_SEE_README}.')
     if isinstance(err, pickle.UnpicklingError):
         return UnsafeCheckpointError(
             f'cannot read {path}: its pickle data is refused by weights-only loading ({cause}); '

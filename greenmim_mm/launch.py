@@ -153,7 +153,7 @@ def main_train(argv: Optional[Sequence[str]] = None):
     user errors (:func:`known_user_errors`) exit with one line (:func:`user_error_line`)."""
     from mmengine.runner import Runner
 
-    from greenmim_mm.engine import NonFiniteLossError
+    from greenmim_mm.engine import LearningRateOverflowError, NonFiniteLossError
     from greenmim_mm.engine.checkpoint_hook import learning_rate_text
     from greenmim_mm.engine.work_dir_lock import lock_work_dir
     args = parse_train_args(argv)
@@ -171,10 +171,24 @@ def main_train(argv: Optional[Sequence[str]] = None):
     except known as err:
         raise SystemExit(user_error_line('train', err))
     except NonFiniteLossError as err:  # diverged: the message names the lr
-        if runner is not None and '(lr ' not in str(err):
-            err.args = (f'{err} ({learning_rate_text(runner)})', )
+        if runner is not None and '(lr ' not in str(err) and \
+                not isinstance(err, LearningRateOverflowError):
+            err.args = (f'{err} If the loss diverged, lower the learning rate '
+                        f'({learning_rate_text(runner)}).', )
         raise
     return runner
+
+
+def train_tool(argv: Optional[Sequence[str]] = None):
+    """``tools/train.py``'s ``__main__``: :func:`main_train`, whose ``NonFiniteLossError`` (a
+    diverged run, an lr the weights' dtype cannot hold) ends with one line ``train: error:
+    ...`` and exit status 1 instead of a traceback (:func:`main_train` itself raises it, for
+    callers that handle it)."""
+    from greenmim_mm.engine import NonFiniteLossError
+    try:
+        return main_train(argv)
+    except NonFiniteLossError as err:
+        raise SystemExit(f'train: error: {err}') from None
 
 
 def main_test(argv: Optional[Sequence[str]] = None) -> dict:

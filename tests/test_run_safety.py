@@ -6,6 +6,7 @@ Toy runs (mmengine's Runner, a linear regression, 16 samples: one iteration per 
 """
 import os
 import os.path as osp
+import re
 import socket
 import subprocess
 import sys
@@ -93,6 +94,68 @@ def test_second_train_process_in_a_work_dir_refuses_naming_the_first(tmp_path):
         release(first)
     toy_runner(work, epochs=1, name='free').train()  # the kernel released the dead holder's lock
     assert (work / 'epoch_1.pth').is_file()
+
+
+@pytest.mark.parametrize('link', ['symlink', 'hardlink'])
+def test_planted_lock_file_link_is_refused_and_never_written(tmp_path, link):
+    """A work dir holding ``.greenmim_mm.lock`` as a link to another file (a shared or unpacked
+    work dir): taking the lock truncated and overwrote that file ('pid N on host H'); now
+    tools/train.py ends with one line naming the lock file and the file keeps its bytes."""
+    from greenmim_mm import launch
+    from greenmim_mm.engine.work_dir_lock import LOCK_NAME
+    work = tmp_path / 'work'
+    work.mkdir()
+    precious = work / 'epoch_3.pth' if link == 'hardlink' else tmp_path / 'notes.txt'
+    precious.write_bytes(b'precious bytes')
+    (os.symlink if link == 'symlink' else os.link)(precious, work / LOCK_NAME)
+    with pytest.raises(SystemExit, match=rf'^train: error: lock file .*{LOCK_NAME} is a '
+                       f'{"symlink" if link == "symlink" else "hard link"}.*remove it'):
+        launch.main_train([DEMO_CFG, '--work-dir', str(work)])
+    assert precious.read_bytes() == b'precious bytes'
+
+
+def test_lock_is_released_although_a_forked_child_shares_it(tmp_path):
+    """Data loader workers are forked while the lock is held and share it; after the run ends
+    (or after its process dies) another run must get the work dir."""
+    from greenmim_mm.engine.work_dir_lock import lock_work_dir, unlock_work_dir
+    work = str(tmp_path / 'work')
+    lock_work_dir(work)
+    child = os.fork()
+    if child == 0:  # a worker that outlives the run
+        import time
+        time.sleep(30)
+        os._exit(0)
+    try:
+        unlock_work_dir(work)
+        probe = subprocess.run(
+            [sys.executable, '-c', 'from greenmim_mm.engine.work_dir_lock import lock_work_dir; '
+             f'lock_work_dir({work!r})'], capture_output=True, text=True, cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1'), timeout=120)
+        assert probe.returncode == 0, probe.stderr[-2000:]
+    finally:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+
+
+def test_runs_of_other_work_dirs_sharing_an_out_dir_exclude_each_other(tmp_path):
+    """Checkpoints go to ``<out_dir>/<work dir's name>``: runs in a/exp and b/exp with one
+    ``out_dir`` both wrote out/exp/epoch_N.pth (the later overwrote the earlier's, with no lock
+    taken there); now the second refuses, naming the first."""
+    out = tmp_path / 'out'
+    first = holder('from greenmim_mm.engine.work_dir_lock import lock_work_dir',
+                   f'lock_work_dir({str(out / "exp")!r})')  # the first run's checkpoint dir
+    try:
+        second = toy_runner(tmp_path / 'b' / 'exp', epochs=1, name='shared_out',
+                            hook=dict(out_dir=str(out)))
+        with pytest.raises(WorkDirBusyError, match=rf'{out / "exp"} is in use by another run '
+                           rf'\(pid {first.pid} '):
+            second.train()
+        assert not list((out / 'exp').glob('*.pth'))
+    finally:
+        release(first)
+    toy_runner(tmp_path / 'c' / 'exp', epochs=1, name='free_out',
+               hook=dict(out_dir=str(out))).train()
+    assert (out / 'exp' / 'epoch_1.pth').is_file()
 
 
 def test_start_up_sweep_removes_only_its_own_dead_temp_files(tmp_path):
@@ -272,6 +335,24 @@ def test_lr_the_parameters_cannot_hold_is_one_error_before_the_first_step(tmp_pa
                        r'group 0 is not a finite torch.float32 value'):
         runner.train()
     assert runner.iter == 0 and not list((tmp_path / 'work').glob('*.pth'))
+
+
+def test_train_tool_ends_an_overflowing_lr_with_one_line(tmp_path, demo_data_factory, capsys):
+    """The issue's AdamW at lr 1e45 through tools/train.py's entry point on the GreenMIM demo:
+    one line ``train: error: ...`` naming the lr and the setting to lower (it was a traceback,
+    with the lr named twice), nothing trained."""
+    from greenmim_mm import launch
+    data = demo_data_factory('adamw_1e45', train_per_class=1, val_per_class=1)
+    with pytest.raises(SystemExit) as exit_info:
+        launch.train_tool([DEMO_CFG, '--work-dir', str(tmp_path / 'work'), '--cfg-options',
+                           'optim_wrapper.optimizer.lr=1e45',
+                           f'train_dataloader.dataset.data_root={data}'])
+    message = str(exit_info.value.code)
+    assert '\n' not in message and message.count('(lr ') == 0, message
+    assert re.fullmatch(r'train: error: learning rate 1e\+\d\d of parameter group 0 is not a '
+                        r'finite torch\.float32 value .* Lower optim_wrapper\.optimizer\.lr\.',
+                        message), message
+    assert not list((tmp_path / 'work').glob('*.pth'))
 
 
 @pytest.mark.parametrize('dtype,value,bad', [

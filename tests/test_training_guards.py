@@ -207,5 +207,7 @@ def test_nan_from_the_first_iteration_exits_non_zero_without_checkpoint(tiny_dem
     run = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'train.py'), *argv],
                          capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode != 0
-    assert 'NonFiniteLossError: Non-finite loss at iteration 1 ' in run.stderr, run.stderr[-2000:]
+    last = run.stderr.strip().splitlines()[-1]  # one line, no traceback (issue 19.7)
+    assert last.startswith('train: error: Non-finite loss at iteration 1 '), run.stderr[-2000:]
+    assert 'Traceback' not in run.stderr and 'lower the learning rate (lr ' in last, last
     assert not glob.glob(str(tmp_path / 'work' / '*.pth'))

@@ -1,8 +1,9 @@
 """Train with a greenmim_mm (or any mmpretrain/mmdet) config: ``python tools/train.py CONFIG``.
 
 Also the script ``mim train greenmim_mm CONFIG`` runs (from the package's ``.mim/tools``).
-Entry point only; the logic is :mod:`greenmim_mm.launch`. The options are parsed before the stack
-is imported (``--help`` at once).
+Entry point only; the logic is :mod:`greenmim_mm.launch` (known failures, a diverged run
+included, end with one line ``train: error: ...``). The options are parsed before the stack is
+imported (``--help`` at once).
 """
 import sys
 
@@ -10,5 +11,5 @@ from _light import load
 
 if __name__ == '__main__':
     load('cli_args').parse_train_args(sys.argv[1:])
-    from greenmim_mm.launch import main_train
-    main_train()
+    from greenmim_mm.launch import train_tool
+    train_tool()

@@ -52,6 +52,7 @@ AUTHOR = 'greenmim_mm'  # detectron2-layout files of converted backbones
 # detectron2's own _load_model, kept before route_detectron2_checkpointer replaces it
 _D2_LOAD_MODEL = DetectionCheckpointer.__dict__.get('_greenmim_mm_d2_load_model',
                                                     DetectionCheckpointer._load_model)
+_D2_LOAD = DetectionCheckpointer.__dict__.get('_greenmim_mm_d2_load', DetectionCheckpointer.load)
 
 
 class CheckpointError(CheckpointLoadError):
@@ -130,6 +131,15 @@ class GreenDetectionCheckpointer(DetectionCheckpointer):
     _file = '<checkpoint>'  # set by each _load_file
     _backbone_only = False
 
+    def load(self, path: str, *args, **kwargs):
+        """detectron2's ``load``; a local file that does not exist is a :class:`CheckpointError`
+        naming it (fvcore asserts: a traceback). Under DDP detectron2's own check stays."""
+        from torch.nn.parallel import DistributedDataParallel
+        if path and '://' not in path and not osp.isfile(path) and \
+                not isinstance(self.model, DistributedDataParallel):
+            raise CheckpointError(f'checkpoint not found: {path}')
+        return _D2_LOAD(self, path, *args, **kwargs)
+
     def _load_file(self, filename: str) -> Dict:
         if filename.endswith('.pkl'):
             raise CheckpointError(
@@ -191,7 +201,7 @@ class GreenDetectionCheckpointer(DetectionCheckpointer):
                 'not in %s, keep their initialisation: %s', self._file, _sample(allowed))
 
 
-_ROUTED = ('_load_file', '_load_model', '_check_backbone', '_file', '_backbone_only')
+_ROUTED = ('load', '_load_file', '_load_model', '_check_backbone', '_file', '_backbone_only')
 
 
 def route_detectron2_checkpointer() -> None:
@@ -200,6 +210,7 @@ def route_detectron2_checkpointer() -> None:
     (detectron2's ``tools/lazyconfig_train_net.py``, ``tools/train_net.py``) load through it.
     Saving is unchanged. Idempotent; called when :mod:`greenmim_mm.detectron2` is imported."""
     DetectionCheckpointer._greenmim_mm_d2_load_model = _D2_LOAD_MODEL
+    DetectionCheckpointer._greenmim_mm_d2_load = _D2_LOAD
     for name in _ROUTED:
         setattr(DetectionCheckpointer, name, GreenDetectionCheckpointer.__dict__[name])
 

@@ -15,6 +15,7 @@ partial file and a ``last_checkpoint`` naming a deleted one. This subclass
   before ``Runner.resume`` reads the message hub, meta and optimizer);
 * holds the work dir's lock (:mod:`.work_dir_lock`) from ``before_run`` to ``after_run``: one live
   run per work dir, a second one refuses with ``WorkDirBusyError`` naming the first's pid/host;
+  a local ``out_dir`` elsewhere is locked as well, from ``before_train``;
 * removes, when training starts, the temporary files a killed save left behind (greenmim_mm's own
   ``.*.greenmim_mm-tmp-<pid>-*.partial`` names of dead writers only,
   :func:`~greenmim_mm.fileio.stale_partial_files`);
@@ -95,6 +96,7 @@ class SafeCheckpointHook(CheckpointHook):
             self.backend_args = dict(backend=ATOMIC_BACKEND)
         self._last_outputs = None  # the latest training iteration's outputs (references only)
         self._pending = None  # (checkpoint path, stale paths): saved, not yet "last good"
+        self._locked_out_dir = None  # an out_dir outside the work dir, locked by this run
 
     # ------------------------------------------------------------------ one run per work dir
     def before_run(self, runner) -> None:
@@ -106,6 +108,18 @@ class SafeCheckpointHook(CheckpointHook):
         super().after_run(runner)
         if is_main_process():
             unlock_work_dir(runner.work_dir)
+            if self._locked_out_dir:
+                unlock_work_dir(self._locked_out_dir)
+
+    def _lock_out_dir(self, runner) -> None:
+        """Lock a local ``out_dir`` outside the work dir too (mmengine's
+        ``<out_dir>/<work dir's name>``): two runs with other work dirs but one ``out_dir``
+        would overwrite each other's checkpoints."""
+        if not is_main_process() or '://' in str(self.out_dir) or \
+                osp.realpath(self.out_dir) == osp.realpath(runner.work_dir):
+            return
+        lock_work_dir(self.out_dir)
+        self._locked_out_dir = self.out_dir
 
     # ------------------------------------------------------------------ plain format, checks
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
@@ -139,6 +153,7 @@ class SafeCheckpointHook(CheckpointHook):
 
     def before_train(self, runner) -> None:
         super().before_train(runner)
+        self._lock_out_dir(runner)
         check_learning_rates(runner)
         if is_main_process() and '://' not in str(self.out_dir):
             for path in stale_partial_files(self.out_dir):

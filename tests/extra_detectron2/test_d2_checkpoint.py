@@ -197,3 +197,17 @@ def test_plain_detection_checkpointer_loads_through_the_safe_loader(tmp_path):
     with pytest.raises(CheckpointError, match=r'evil\.pkl: detectron2 model-zoo pickles'):
         DetectionCheckpointer(model).load(str(tmp_path / 'evil.pkl'))
     assert not marker.exists()
+
+
+def test_missing_checkpoint_is_one_error_naming_it_on_the_lazyconfig_route(tmp_path):
+    """``lazyconfig_train_net.py train.init_checkpoint=<typo>``: fvcore asserted ('Checkpoint ...
+    not found!', a traceback); now detectron2's own checkpointer raises a ``CheckpointError``
+    naming the file, which its script prints as one line (the excepthook of
+    ``greenmim_mm.detectron2``). An empty path still loads nothing, as detectron2's."""
+    missing = str(tmp_path / 'typo.pth')
+    for checkpointer in (DetectionCheckpointer, GreenDetectionCheckpointer):
+        with pytest.raises(CheckpointError, match=rf'^checkpoint not found: {missing}$'):
+            checkpointer(torch.nn.Linear(2, 2)).load(missing)
+        with pytest.raises(CheckpointError, match='checkpoint not found'):
+            checkpointer(torch.nn.Linear(2, 2)).resume_or_load(missing, resume=False)
+        assert checkpointer(torch.nn.Linear(2, 2)).load('') == {}
