@@ -70,7 +70,8 @@ def build_model(cfg: Config, checkpoint: str, device: str) -> torch.nn.Module:
         model, _load_checkpoint(checkpoint, map_location='cpu'), checkpoint)
     if problems:
         raise VisualizationInputError(
-            f'{checkpoint} does not fit the config\'s model ({type(model).__name__}): {problems}')
+            f'{checkpoint} does not fit the config\'s model ({type(model).__name__}): '
+            f'{problems}; pass the config the checkpoint was trained with')
     return model.to(device).eval()
 
 

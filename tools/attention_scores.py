@@ -16,13 +16,27 @@ computed / needed.
 """
 import argparse
 
-import numpy as np
-import torch
 
-from greenmim_mm.ops import random_unit_mask, upsample_mask
-from greenmim_mm.ops.geometry import child_index, visible_coords
-from greenmim_mm.ops.windows import (build_window_plan, stage_units,
-                                     window_labels)
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--img-size', type=int, default=224)
+    p.add_argument('--window', type=int, default=None,
+                   help='Swin window (default: 7 at multiples of 224 px, else 6)')
+    p.add_argument('--ratio', type=float, default=0.75)
+    p.add_argument('--masks', type=int, default=50)
+    p.add_argument('--seed', type=int, default=0)
+    return p.parse_args(argv)
+
+
+if __name__ == '__main__':
+    ARGS = parse_args()  # --help answers before the stack is imported
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from greenmim_mm.ops import random_unit_mask, upsample_mask  # noqa: E402
+from greenmim_mm.ops.geometry import child_index, visible_coords  # noqa: E402
+from greenmim_mm.ops.windows import build_window_plan, stage_units, window_labels  # noqa: E402
 
 LEGACY_TILE = 128
 
@@ -82,15 +96,7 @@ def stage_rows(img_size: int, ratio: float, masks: int, seed: int, window: int):
     return {k: v / masks for k, v in sums.items()}
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--img-size', type=int, default=224)
-    p.add_argument('--window', type=int, default=None,
-                   help='Swin window (default: 7 at multiples of 224 px, else 6)')
-    p.add_argument('--ratio', type=float, default=0.75)
-    p.add_argument('--masks', type=int, default=50)
-    p.add_argument('--seed', type=int, default=0)
-    args = p.parse_args(argv)
+def main(args: argparse.Namespace) -> None:
     window = args.window or (7 if args.img_size % 224 == 0 else 6)
     print(f'Swin window {window}, {args.img_size} px, ratio {args.ratio}, {args.masks} masks: '
           'mean scores per head and image (computed / needed)')
@@ -103,4 +109,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    main(ARGS)
