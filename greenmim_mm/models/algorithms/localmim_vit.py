@@ -83,7 +83,7 @@ class LocalMIMViT(LocalMIM):
 
     def forward_masked(self, img: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
         """img (B, C, H, W), mask (B, h, w) -> per head (B, L_k, D_k) predictions."""
-        feats = self.backbone(img, mask=mask.flatten(1))
+        feats = self.backbone(img, mask=mask.flatten(1), isolate_grad=self.isolate_grad)
         return [neck(feat, mask) for neck, feat in zip(self.neck, feats)]
 
     def head_losses(self, img: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:

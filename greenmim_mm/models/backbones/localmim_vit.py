@@ -39,14 +39,19 @@ class LocalMIMMAEViT(MAEViT):
     them in noise order), which attention does not see (tested).
     """
 
-    def forward(self, x: torch.Tensor,
-                mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                isolate_grad: bool = False) -> Tuple[torch.Tensor, ...]:
         if mask is None:
+            if isolate_grad:
+                raise ValueError('isolate_grad applies to the masked path (a mask) only')
             return super().forward(x, mask=None)
-        return self.forward_visible(x, mask)
+        return self.forward_visible(x, mask, isolate_grad)
 
-    def forward_visible(self, x: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """x (B, 3, H, W), mask (B, L) bool -> tuple of (B, 1 + N_vis, C) per out index."""
+    def forward_visible(self, x: torch.Tensor, mask: torch.Tensor,
+                        isolate_grad: bool = False) -> Tuple[torch.Tensor, ...]:
+        """x (B, 3, H, W), mask (B, L) bool -> tuple of (B, 1 + N_vis, C) per out index.
+        ``isolate_grad``: the tokens are detached after every out index (LocalMIM's
+        gradient-isolated mode: a loss on output k reaches only blocks after output k-1)."""
         x = self.patch_embed(x)[0] + self.pos_embed[:, 1:, :]
         b, num, dims = x.shape
         if mask.dtype != torch.bool or tuple(mask.shape) != (b, num):
@@ -64,4 +69,5 @@ class LocalMIMMAEViT(MAEViT):
             x = layer(x)
             if i in self.out_indices:
                 outs.append(x)
+                x = x.detach() if isolate_grad else x
         return tuple(outs)
