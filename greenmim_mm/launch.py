@@ -41,6 +41,10 @@ def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from the given checkpoint, or from the latest one in the '
                         'work dir when no path is given')
+    parser.add_argument('--resume-schedule', choices=['checkpoint', 'config'], default=None,
+                        help='--resume with a parameter schedule that differs from the '
+                        "checkpoint's: keep the checkpoint's (default, with a warning) or take "
+                        "the config's (the lrs of an uninterrupted run with it)")
     parser.add_argument('--amp', action='store_true', help='mixed-precision training')
     parser.add_argument('--no-validate', action='store_true', help='skip validation')
     return parse_common(parser, argv)
@@ -61,13 +65,30 @@ def load_config(args: argparse.Namespace) -> Config:
     import greenmim_mm  # noqa: F401  (registers the plugin and applies its compat patches)
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
+        variables = {k: cfg[k] for k in RECIPE_VARIABLES if k in cfg}
         cfg.merge_from_dict(args.cfg_options)
+        apply_recipe_variables(cfg, args.cfg_options, variables)
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     return cfg
+
+
+# Top-level variables of our recipes -> the entries they set when the file is read (mmengine
+# resolves variables at parse time, so overriding only the variable would change nothing).
+RECIPE_VARIABLES = {'accumulation': 'optim_wrapper.accumulative_counts',
+                    'batch_size': 'train_dataloader.batch_size'}
+
+
+def apply_recipe_variables(cfg: Config, options: dict, variables: dict) -> None:
+    """``--cfg-options accumulation=2`` (or ``batch_size=``) on a config that defines that
+    variable also sets the entry it feeds (:data:`RECIPE_VARIABLES`), unless the options set
+    that entry explicitly (then the explicit entry wins)."""
+    for name, entry in RECIPE_VARIABLES.items():
+        if name in options and name in variables and entry not in options:
+            cfg.merge_from_dict({entry: options[name]})
 
 
 def build_train_config(args: argparse.Namespace) -> Config:
@@ -84,6 +105,8 @@ def configure_training(args: argparse.Namespace) -> Tuple[Config, Optional[str]]
         FileNotFoundError: ``--resume`` names a checkpoint that does not exist.
     """
     cfg = load_config(args)
+    if getattr(args, 'resume_schedule', None):
+        cfg.resume_schedule = args.resume_schedule  # read by GreenRunner.resume
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
@@ -161,8 +184,6 @@ def setup_cpu_distributed(cfg: Config) -> None:
 # ------------------------------------------------------------------------------ entry points
 def main_train(argv: Optional[Sequence[str]] = None):
     """``tools/train.py``: build the config and the Runner, train; returns the Runner."""
-    from mmengine.runner import Runner
-
     from greenmim_mm.checkpoint_loading import CheckpointLoadError
     try:
         cfg, note = configure_training(parse_train_args(argv))
@@ -170,13 +191,24 @@ def main_train(argv: Optional[Sequence[str]] = None):
         raise SystemExit(f'train: error: {err}')
     setup_cpu_distributed(cfg)
     try:
-        runner = Runner.from_cfg(cfg)
+        runner = train_runner_class(cfg).from_cfg(cfg)
         if note:
             runner.logger.warning(note)
         runner.train()
     except CheckpointLoadError as err:  # a refused or unreadable checkpoint: one line, exit 1
         raise SystemExit(f'train: error: {err}')
     return runner
+
+
+def train_runner_class(cfg: Config):
+    """The config's ``runner_type`` if it names one, else :class:`GreenRunner` (mmengine's
+    Runner with ``auto_scale_lr`` counting gradient accumulation and the resume schedule
+    check, ``greenmim_mm/engine/runner.py``)."""
+    from greenmim_mm.engine.runner import GreenRunner
+    from greenmim_mm.registry import RUNNERS
+    if cfg.get('runner_type'):
+        return RUNNERS.get(cfg.runner_type)
+    return GreenRunner
 
 
 def main_test(argv: Optional[Sequence[str]] = None) -> dict:

@@ -1,10 +1,12 @@
-"""Training-engine components: optimizer-wrapper constructors and hooks (checkpoints, non-finite
-loss, skipped samples)."""
+"""Training-engine components: optimizer-wrapper constructors, hooks (checkpoints, non-finite
+loss, skipped samples) and the runner tools/train.py uses."""
 from .checkpoint_hook import SafeCheckpointHook
 from .layer_decay import SwinLayerDecayOptimWrapperConstructor, backbone_layer_depth
 from .non_finite_loss import NonFiniteLossError, NonFiniteLossHook, NonFiniteWeightsError
 from .skipped_samples import SkippedSamplesHook, TooManyBadSamplesError
+from .runner import GreenRunner  # noqa: E402  (accumulation-aware auto_scale_lr, resume check)
 
 __all__ = ['SafeCheckpointHook', 'SwinLayerDecayOptimWrapperConstructor', 'backbone_layer_depth',
            'NonFiniteLossError', 'NonFiniteLossHook', 'NonFiniteWeightsError', 'SkippedSamplesHook',
            'TooManyBadSamplesError']
+__all__ += ['GreenRunner']
