@@ -21,7 +21,8 @@ from mmengine.registry import DefaultScope
 from torch import nn
 
 from greenmim_mm import launch
-from greenmim_mm.engine.runner import GreenRunner, schedule_difference
+from greenmim_mm.engine.runner import (GreenRunner, on_distinct_groups, replay,
+                                       schedule_difference)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PRETRAIN = osp.join(ROOT, 'configs', 'pretrain')
@@ -218,3 +219,29 @@ def test_resume_schedule_option_reaches_the_config(tmp_path):
     assert cfg.resume_schedule == 'config' and launch.train_runner_class(cfg) is GreenRunner
     with pytest.raises(SystemExit):
         launch.parse_train_args([DEMO, '--resume-schedule', 'newest'])
+
+
+def test_replay_on_distinct_groups_equals_stepping_every_group():
+    """The fast replay (one copy per distinct group) leaves every group and scheduler exactly as
+    stepping all of them: 60 groups (one per parameter, names differ), 3 distinct lrs."""
+    from mmengine.optim.scheduler import CosineAnnealingLR, CosineAnnealingParamScheduler, LinearLR
+
+    def build():
+        params = [nn.Parameter(torch.zeros(1)) for _ in range(60)]
+        opt = torch.optim.AdamW([dict(params=[p], lr=0.1 * 0.5**(i % 3), param_name=f'p{i}')
+                                 for i, p in enumerate(params)], lr=0.1)
+        return opt, [LinearLR(opt, start_factor=1e-3, begin=0, end=7, by_epoch=False),
+                     CosineAnnealingLR(opt, T_max=30, begin=7, end=37, by_epoch=False),
+                     CosineAnnealingParamScheduler(opt, 'weight_decay', T_max=5, begin=0, end=5,
+                                                   by_epoch=True)]
+
+    (opt_a, sched_a), (opt_b, sched_b) = build(), build()
+    replay(sched_a, 23, 4)
+    with on_distinct_groups(sched_b):
+        replay(sched_b, 23, 4)
+    assert [g['lr'] for g in opt_b.param_groups] == [g['lr'] for g in opt_a.param_groups]
+    assert [g['weight_decay'] for g in opt_b.param_groups] == \
+        [g['weight_decay'] for g in opt_a.param_groups]
+    assert len({g['lr'] for g in opt_a.param_groups}) == 3
+    for a, b in zip(sched_a, sched_b):
+        assert b.optimizer is opt_b and a.state_dict() == b.state_dict()

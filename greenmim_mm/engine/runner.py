@@ -180,15 +180,85 @@ class GreenRunner(Runner):
                 group.update(copy.deepcopy(values))
         for scheduler, state in zip(schedulers, fresh):
             scheduler.load_state_dict(copy.deepcopy(state))
-        per_iter = [s for s in schedulers if not s.by_epoch]
-        per_epoch = [s for s in schedulers if s.by_epoch]
         epoch_len = (len(self.train_dataloader)
                      if isinstance(self.train_loop, EpochBasedTrainLoop) else 0)
-        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()"
-            warnings.simplefilter('ignore', UserWarning)
-            for i in range(self.iter):
-                for s in per_iter:
-                    s.step()
-                if epoch_len and (i + 1) % epoch_len == 0:
-                    for s in per_epoch:
-                        s.step()
+        with on_distinct_groups(schedulers), warnings.catch_warnings():
+            warnings.simplefilter('ignore', UserWarning)  # "scheduler.step() before optimizer"
+            replay(schedulers, self.iter, epoch_len)
+
+
+def replay(schedulers: List[_ParamScheduler], iters: int, epoch_len: int) -> None:
+    """The scheduler steps of ``iters`` training iterations (mmengine's ``ParamSchedulerHook``:
+    iteration-based schedulers after every iteration, epoch-based ones after every
+    ``epoch_len`` iterations; 0: none)."""
+    per_iter = [s for s in schedulers if not s.by_epoch]
+    per_epoch = [s for s in schedulers if s.by_epoch]
+    for i in range(iters):
+        for s in per_iter:
+            s.step()
+        if epoch_len and (i + 1) % epoch_len == 0:
+            for s in per_epoch:
+                s.step()
+
+
+class _Shadow:
+    """An optimizer stand-in holding copies of groups (what schedulers read and write)."""
+
+    def __init__(self, groups: List[dict]):
+        self.param_groups = groups
+        self._global_step = 0
+        self.step = _counted_noop
+
+
+def _counted_noop():
+    return None
+
+
+_counted_noop._with_counter = True
+
+
+class on_distinct_groups:
+    """Context: the schedulers step one copy of each distinct parameter group (mmengine's
+    constructors make one group per parameter: hundreds of equal ones), then every group gets
+    its copy's values. Groups equal in every hyper-parameter follow the same schedule."""
+
+    def __init__(self, schedulers: List[_ParamScheduler]):
+        self.schedulers = schedulers
+
+    def __enter__(self):
+        self.saved, self.shadows = [], {}
+        for s in self.schedulers:
+            opt = s.optimizer
+            if id(opt) not in self.shadows:
+                self.shadows[id(opt)] = (opt, *self._distinct(opt.param_groups))
+            _, reps, _, shadow = self.shadows[id(opt)]
+            self.saved.append((s, opt, s.base_values))
+            s.optimizer, s.base_values = shadow, [s.base_values[r] for r in reps]
+        return self
+
+    @staticmethod
+    def _distinct(groups: List[dict]):
+        """(representative index per class, class of every group, shadow optimizer)."""
+        keys, reps, classes = {}, [], []
+        for i, g in enumerate(groups):
+            key = repr(sorted((k, v) for k, v in g.items() if k not in ('params', 'param_name')))
+            if key not in keys:
+                keys[key] = len(reps)
+                reps.append(i)
+            classes.append(keys[key])
+        shadow = _Shadow([copy.deepcopy({k: v for k, v in groups[r].items() if k != 'params'})
+                          for r in reps])
+        return reps, classes, shadow
+
+    def __exit__(self, *exc):
+        for s, opt, base_values in self.saved:
+            classes = self.shadows[id(opt)][2]
+            s.optimizer, s.base_values = opt, base_values
+            if hasattr(s, '_last_value'):
+                s._last_value = [s._last_value[c] for c in classes]
+        names = {s.param_name for s in self.schedulers}
+        for opt, _, classes, shadow in self.shadows.values():
+            for group, c in zip(opt.param_groups, classes):
+                group.update({n: shadow.param_groups[c][n] for n in names
+                              if n in shadow.param_groups[c]})
+        return False
