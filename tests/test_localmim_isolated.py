@@ -24,7 +24,8 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def twins_localmim(**kw):
-    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'pretrain', 'localmim_twins-nano_demo_128px.py'))
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'pretrain',
+                                   'localmim_twins-nano_demo_128px.py'))
     cfg.model.backbone.attn_backend = 'sdpa'
     cfg.model.update(kw)
     torch.manual_seed(0)

@@ -179,7 +179,8 @@ def check_head_features(cfg, fpn: FPN) -> None:
 
 def fpn_from_config(bottom_up: Backbone, cfg) -> FPN:
     """``cfg.MODEL.FPN.*`` on ``bottom_up``, as detectron2's ``build_resnet_fpn_backbone`` (or
-    ``build_retinanet_resnet_fpn_backbone`` when a head reads ``p7``: :func:`top_block_from_config`).
+    ``build_retinanet_resnet_fpn_backbone`` when a head reads ``p7``:
+    :func:`top_block_from_config`).
 
     Raises:
         ValueError: ``MODEL.FPN.IN_FEATURES`` names a feature the backbone does not output, or a
