@@ -208,6 +208,10 @@ def test_schedule_difference_names_counts_and_fields():
     text = schedule_difference(['CosineAnnealingLR'], a, [dict(a[0], end=4), dict(a[0])])
     assert text.startswith('1 schedulers in the config, 2 in the checkpoint; scheduler 0: '
                            'checkpoint CosineAnnealingLR(end=4), config CosineAnnealingLR(end=6)')
+    many = [dict(a[0], base_values=[0.1 * 0.9**i for i in range(300)])]
+    text = schedule_difference(['LinearLR'], many, [dict(many[0], base_values=[0.2] * 300)])
+    assert text == ('scheduler 0: checkpoint LinearLR(base_values=[0.2 .. 0.2] (300 groups)), '
+                    f'config LinearLR(base_values=[{0.1 * 0.9**299:.6g} .. 0.1] (300 groups))')
 
 
 def test_resume_schedule_option_reaches_the_config(tmp_path):

@@ -48,8 +48,18 @@ def schedule_of(state: dict) -> dict:
     return {k: v for k, v in state.items() if k not in PROGRESS_KEYS}
 
 
+def short(value) -> str:
+    """A field for the log: lists of many per-group values (``base_values``) as their range."""
+    if isinstance(value, (list, tuple)) and len(value) > 3:
+        try:
+            return f'[{min(value):.6g} .. {max(value):.6g}] ({len(value)} groups)'
+        except TypeError:
+            return f'{type(value).__name__} of {len(value)}'
+    return repr(value)
+
+
 def describe(name: str, schedule: dict, keys) -> str:
-    return f'{name}(' + ', '.join(f'{k}={schedule.get(k)!r}' for k in keys) + ')'
+    return f'{name}(' + ', '.join(f'{k}={short(schedule.get(k))}' for k in keys) + ')'
 
 
 def schedule_difference(names: List[str], config: List[dict], checkpoint: List[dict]) -> str:
