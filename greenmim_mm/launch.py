@@ -203,12 +203,19 @@ def main_train(argv: Optional[Sequence[str]] = None):
 def train_runner_class(cfg: Config):
     """The config's ``runner_type`` if it names one, else :class:`GreenRunner` (mmengine's
     Runner with ``auto_scale_lr`` counting gradient accumulation and the resume schedule
-    check, ``greenmim_mm/engine/runner.py``)."""
+    check, ``greenmim_mm/engine/runner.py``).
+
+    Raises:
+        KeyError: ``runner_type`` names no registered runner.
+    """
     from greenmim_mm.engine.runner import GreenRunner
     from greenmim_mm.registry import RUNNERS
-    if cfg.get('runner_type'):
-        return RUNNERS.get(cfg.runner_type)
-    return GreenRunner
+    if not cfg.get('runner_type'):
+        return GreenRunner
+    runner_cls = RUNNERS.get(cfg.runner_type)
+    if runner_cls is None:
+        raise KeyError(f'runner_type {cfg.runner_type!r} is not a registered runner')
+    return runner_cls
 
 
 def main_test(argv: Optional[Sequence[str]] = None) -> dict:

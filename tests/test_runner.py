@@ -223,6 +223,12 @@ def test_resume_schedule_option_reaches_the_config(tmp_path):
     assert cfg.resume_schedule == 'config' and launch.train_runner_class(cfg) is GreenRunner
     with pytest.raises(SystemExit):
         launch.parse_train_args([DEMO, '--resume-schedule', 'newest'])
+    cfg.runner_type = 'Runner'  # mmengine's, found through the registry
+    from mmengine.runner import Runner
+    assert launch.train_runner_class(cfg) is Runner
+    cfg.runner_type = 'NoSuchRunner'
+    with pytest.raises(KeyError, match="runner_type 'NoSuchRunner' is not a registered runner"):
+        launch.train_runner_class(cfg)
 
 
 def test_replay_on_distinct_groups_equals_stepping_every_group():
