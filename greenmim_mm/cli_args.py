@@ -67,6 +67,10 @@ def parse_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from the given checkpoint, or from the latest one in the '
                         'work dir when no path is given')
+    parser.add_argument('--resume-schedule', choices=['checkpoint', 'config'], default=None,
+                        help='--resume with a parameter schedule that differs from the '
+                        "checkpoint's: keep the checkpoint's (default, with a warning) or take "
+                        "the config's (the lrs of an uninterrupted run with it)")
     parser.add_argument('--amp', action='store_true', help='mixed-precision training')
     parser.add_argument('--no-validate', action='store_true', help='skip validation')
     parser.add_argument('--partial-load', action='store_true',

@@ -25,13 +25,30 @@ def load_config(args: argparse.Namespace) -> Config:
                   'finds a shipped config by its file name)')
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
+        variables = {k: cfg[k] for k in RECIPE_VARIABLES if k in cfg}
         cfg.merge_from_dict(args.cfg_options)
+        apply_recipe_variables(cfg, args.cfg_options, variables)
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     return cfg
+
+
+# Top-level variables of our recipes -> the entries they set when the file is read (mmengine
+# resolves variables at parse time, so overriding only the variable would change nothing).
+RECIPE_VARIABLES = {'accumulation': 'optim_wrapper.accumulative_counts',
+                    'batch_size': 'train_dataloader.batch_size'}
+
+
+def apply_recipe_variables(cfg: Config, options: dict, variables: dict) -> None:
+    """``--cfg-options accumulation=2`` (or ``batch_size=``) on a config that defines that
+    variable also sets the entry it feeds (:data:`RECIPE_VARIABLES`), unless the options set
+    that entry explicitly (then the explicit entry wins)."""
+    for name, entry in RECIPE_VARIABLES.items():
+        if name in options and name in variables and entry not in options:
+            cfg.merge_from_dict({entry: options[name]})
 
 
 def build_train_config(args: argparse.Namespace) -> Config:
@@ -48,6 +65,8 @@ def configure_training(args: argparse.Namespace) -> Tuple[Config, Optional[str]]
         FileNotFoundError: ``--resume`` names a checkpoint that does not exist.
     """
     cfg = load_config(args)
+    if getattr(args, 'resume_schedule', None):
+        cfg.resume_schedule = args.resume_schedule  # read by GreenRunner.resume
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
@@ -151,8 +170,6 @@ def known_user_errors() -> tuple:
 def main_train(argv: Optional[Sequence[str]] = None):
     """``tools/train.py``: build the config and the Runner, train; returns the Runner. Known
     user errors (:func:`known_user_errors`) exit with one line (:func:`user_error_line`)."""
-    from mmengine.runner import Runner
-
     from greenmim_mm.engine import LearningRateOverflowError, NonFiniteLossError
     from greenmim_mm.engine.checkpoint_hook import learning_rate_text
     from greenmim_mm.engine.work_dir_lock import lock_work_dir
@@ -164,7 +181,7 @@ def main_train(argv: Optional[Sequence[str]] = None):
         if int(os.environ.get('RANK', '0')) == 0:
             lock_work_dir(cfg.work_dir)  # before the Runner writes anything there
         setup_cpu_distributed(cfg)
-        runner = Runner.from_cfg(cfg)
+        runner = train_runner_class(cfg).from_cfg(cfg)
         if note:
             runner.logger.warning(note)
         runner.train()
@@ -189,6 +206,22 @@ def train_tool(argv: Optional[Sequence[str]] = None):
         return main_train(argv)
     except NonFiniteLossError as err:
         raise SystemExit(f'train: error: {err}') from None
+def train_runner_class(cfg: Config):
+    """The config's ``runner_type`` if it names one, else :class:`GreenRunner` (mmengine's
+    Runner with ``auto_scale_lr`` counting gradient accumulation and the resume schedule
+    check, ``greenmim_mm/engine/runner.py``).
+
+    Raises:
+        KeyError: ``runner_type`` names no registered runner.
+    """
+    from greenmim_mm.engine.runner import GreenRunner
+    from greenmim_mm.registry import RUNNERS
+    if not cfg.get('runner_type'):
+        return GreenRunner
+    runner_cls = RUNNERS.get(cfg.runner_type)
+    if runner_cls is None:
+        raise KeyError(f'runner_type {cfg.runner_type!r} is not a registered runner')
+    return runner_cls
 
 
 def main_test(argv: Optional[Sequence[str]] = None) -> dict:

@@ -8,6 +8,8 @@ does: CUDA allocator peak, or a CPU child's resident-set growth) and the ratios 
 
     OMP_NUM_THREADS=2 tools/env.sh python tools/benchmark_localmim.py --arch tiny --batch 4
     tools/env.sh python tools/benchmark_localmim.py --device cuda --arch base --batch 128 --amp
+
+``--isolated`` adds LocalMIM HOG with isolated gradients (``isolate_grad=True``) as a fourth row.
 """
 import argparse
 import json
@@ -19,6 +21,7 @@ import time
 
 VARIANTS = ('GreenMIM', 'LocalMIM HOG', 'LocalMIM Pixel')
 ARCHS = ('base', 'large', 'nano', 'small', 'tiny')  # tools/benchmark.py's ARCH_DIMS (checked below)
+ISOLATED = 'LocalMIM HOG isolated'  # --isolated: LocalMIM(isolate_grad=True)
 
 
 def parse_args(argv=None):
@@ -35,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument('--backend', default='sdpa', choices=['sdpa', 'flex'])
     p.add_argument('--no-memory', action='store_true',
                    help='skip the memory pass (a child process per model on CPU)')
+    p.add_argument('--isolated', action='store_true',
+                   help=f'also run "{ISOLATED}": LocalMIM HOG with isolate_grad=True')
     p.add_argument('--only', default=None, help=argparse.SUPPRESS)  # child: memory of one model
     p.add_argument('--json', default=None, help='also write the results to this file')
     return p.parse_args(argv)
@@ -64,7 +69,7 @@ def model_cfg(name, args):
                               num_heads=16),
                     head=dict(type='UnitReconstructionHead', loss='mse', norm_pix=True))
     strides, widths = [8, 16, 32, 32], [64, 128, 128, 128]
-    if name == 'LocalMIM HOG':
+    if name.startswith('LocalMIM HOG'):
         targets = [dict(type='LocalMIMHOGGenerator', cell=s, nbins=18, gradient_bias=True)
                    for s in strides]
         dims = [54] * 4
@@ -77,7 +82,13 @@ def model_cfg(name, args):
                             num_heads=4, pred_dims=d)
                        for m, w, d in zip([2, 4, 8, 8], widths, dims)],
                 heads=[dict(type='CellReconstructionHead', target_generator=t)
-                       for t in targets])
+                       for t in targets],
+                isolate_grad=name == ISOLATED)
+
+
+def variants(args):
+    """The models compared: GreenMIM, LocalMIM HOG and Pixel (and HOG isolated)."""
+    return VARIANTS + ((ISOLATED, ) if args.isolated else ())
 
 
 def build(name, args):
@@ -114,8 +125,8 @@ def images(args):
 def time_all(args):
     """Alternate one step of each model per round; {name: [seconds per step]}."""
     x = images(args)
-    steps = {name: make_step(build(name, args), args) for name in VARIANTS}
-    times = {name: [] for name in VARIANTS}
+    steps = {name: make_step(build(name, args), args) for name in variants(args)}
+    times = {name: [] for name in variants(args)}
     for r in range(args.warmup + args.iters):
         for name, step in steps.items():
             sync(args.device)
@@ -162,15 +173,15 @@ def report(args, times, memory):
     print(f'\nSwin-{args.arch} @{args.img_size}px, batch {args.batch}, device {args.device}, '
           f'{"bf16 AMP" if args.amp else "fp32"}, same masks and images, {args.iters} '
           'alternating rounds (median step = forward + backward + AdamW)')
-    print(f'{"model":16s} {"step ms":>9s} {"img/s":>8s} {"peak MiB":>9s} '
+    print(f'{"model":21s} {"step ms":>9s} {"img/s":>8s} {"peak MiB":>9s} '
           f'{"time vs GreenMIM":>17s} {"memory vs GreenMIM":>19s}')
     rows = []
-    for name in VARIANTS:
+    for name in variants(args):
         row = dict(model=name, step_ms=med[name] * 1e3, img_per_s=args.batch / med[name],
                    peak_mib=memory[name], time_vs_greenmim=med[name] / base_t,
                    memory_vs_greenmim=memory[name] / base_m)
         rows.append(row)
-        print(f'{name:16s} {row["step_ms"]:9.1f} {row["img_per_s"]:8.2f} {memory[name]:9.0f} '
+        print(f'{name:21s} {row["step_ms"]:9.1f} {row["img_per_s"]:8.2f} {memory[name]:9.0f} '
               f'{row["time_vs_greenmim"]:16.3f}x {row["memory_vs_greenmim"]:18.3f}x')
     return rows
 
@@ -185,7 +196,7 @@ def main(argv=None):
         return None
     times = time_all(args)
     memory = {name: float('nan') if args.no_memory else peak_memory(args, name)
-              for name in VARIANTS}
+              for name in variants(args)}
     rows = report(args, times, memory)
     if args.json:
         with open(args.json, 'w') as f:

@@ -22,9 +22,10 @@ model = dict(
              mlp_ratio=4, pred_dims=3 * 18) for c, d in zip(encoder_widths, decoder_widths)
     ])
 train_dataloader = dict(batch_size=batch_size)
-# auto_scale_lr counts GPUs x batch_size (1024), not accumulation: the lr at 256 images is
-# therefore blr * accumulation, so that 8 x 128 gives blr * 4096 / 256 = 1.6e-3.
-optim_wrapper = dict(accumulative_counts=accumulation, optimizer=dict(lr=1e-4 * accumulation))
+# auto_scale_lr (tools/train.py's GreenRunner) counts GPUs x batch_size x accumulation steps:
+# 8 x 128 x 4 = 4096 images per update -> lr = blr 1e-4 x 4096 / 256 = 1.6e-3 (on 16 GPUs use
+# --cfg-options accumulation=2 for the same 4096 and lr).
+optim_wrapper = dict(accumulative_counts=accumulation, optimizer=dict(lr=1e-4))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-4, by_epoch=True, begin=0, end=warmup_epochs,
          convert_to_iter_based=True),

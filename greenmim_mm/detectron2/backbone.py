@@ -1,15 +1,15 @@
 """Detectron2 ``Backbone`` around an OpenMMLab-style backbone, and detectron2's FPN on top of it.
 
 Uses only detectron2's stable backbone API (``Backbone``, ``ShapeSpec``, ``FPN``,
-``LastLevelMaxPool``: the same from v0.5 to upstream main; see detectron2's
+``LastLevelMaxPool``, ``LastLevelP6P7``: the same from v0.5 to upstream main; see detectron2's
 ``docs/tutorials/write-models.md``).
 """
 import math
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from detectron2.modeling.backbone import FPN, Backbone
-from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from torch import nn
 
 FEATURE_NAMES = ('res2', 'res3', 'res4', 'res5')  # stage i -> 'res{i + 2}', stride 4 * 2**i
@@ -135,13 +135,63 @@ def check_fpn_features(in_features: Sequence[str], out_features: Sequence[str]) 
                          f'MODEL.GREENSWIN/GREENTWINS.OUT_FEATURES: {list(out_features)})')
 
 
+# The heads each detectron2 meta-architecture builds on the FPN (their cfg.MODEL.<KEY>.IN_FEATURES).
+HEADS_OF = {'GeneralizedRCNN': ('RPN', 'ROI_HEADS'), 'ProposalNetwork': ('RPN', ),
+            'RetinaNet': ('RETINANET', ), 'PanopticFPN': ('RPN', 'ROI_HEADS', 'SEM_SEG_HEAD')}
+
+
+def head_features(cfg) -> List[Tuple[str, str]]:
+    """``(config key, feature)`` for every FPN level the model's heads read (RPN only when it is
+    the proposal generator)."""
+    keys = HEADS_OF.get(cfg.MODEL.META_ARCHITECTURE, ())
+    if cfg.MODEL.PROPOSAL_GENERATOR.NAME != 'RPN':
+        keys = tuple(k for k in keys if k != 'RPN')
+    return [(f'MODEL.{k}.IN_FEATURES', f) for k in keys for f in cfg.MODEL[k].IN_FEATURES]
+
+
+def top_block_from_config(cfg, bottom_up: Backbone) -> nn.Module:
+    """detectron2's top block for the heads: ``LastLevelP6P7`` (P6 = 3x3/2 conv of ``res5``, P7
+    of P6) when a head reads ``p7`` (RetinaNet, as ``build_retinanet_resnet_fpn_backbone``),
+    else ``LastLevelMaxPool`` (P6 = P5 subsampled, as ``build_resnet_fpn_backbone``). The P6/P7
+    input is ``res5`` when it is an FPN input, else the last FPN input."""
+    if 'p7' not in {f for _, f in head_features(cfg)}:
+        return LastLevelMaxPool()
+    in_features = list(cfg.MODEL.FPN.IN_FEATURES)
+    source = 'res5' if 'res5' in in_features else in_features[-1]
+    shapes = bottom_up.output_shape()
+    if source not in shapes:  # AlignedFPN names the missing FPN input
+        return LastLevelMaxPool()
+    return LastLevelP6P7(shapes[source].channels, cfg.MODEL.FPN.OUT_CHANNELS, in_feature=source)
+
+
+def check_head_features(cfg, fpn: FPN) -> None:
+    """ValueError naming the config key and the level when a head reads a level the FPN does
+    not output (detectron2 itself stops with a bare ``KeyError: 'p7'``)."""
+    levels = list(fpn.output_shape())
+    for key, feature in head_features(cfg):
+        if feature not in levels:
+            raise ValueError(
+                f'{key} asks for {feature!r}, which the FPN does not output: its levels are '
+                f'{levels} (MODEL.FPN.IN_FEATURES {list(cfg.MODEL.FPN.IN_FEATURES)} plus the top '
+                f'block {type(fpn.top_block).__name__}); p7 needs a RetinaNet-style P6P7 block '
+                '(built when a head reads p7 and res5 is an FPN input)')
+
+
 def fpn_from_config(bottom_up: Backbone, cfg) -> FPN:
-    """``cfg.MODEL.FPN.*`` on ``bottom_up``, as detectron2's ``build_resnet_fpn_backbone``.
-    ValueError when ``MODEL.FPN.IN_FEATURES`` names a feature the backbone does not output."""
-    return AlignedFPN(
+    """``cfg.MODEL.FPN.*`` on ``bottom_up``, as detectron2's ``build_resnet_fpn_backbone`` (or
+    ``build_retinanet_resnet_fpn_backbone`` when a head reads ``p7``:
+    :func:`top_block_from_config`).
+
+    Raises:
+        ValueError: ``MODEL.FPN.IN_FEATURES`` names a feature the backbone does not output, or a
+            head's ``IN_FEATURES`` a level the FPN does not output (the message names the key).
+    """
+    fpn = AlignedFPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelMaxPool(),
+        top_block=top_block_from_config(cfg, bottom_up),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
+    check_head_features(cfg, fpn)
+    return fpn

@@ -53,6 +53,9 @@ def add_solver_config(cfg: CN) -> None:
     cfg.SOLVER.BETAS = (0.9, 0.999)
     cfg.SOLVER.LAYER_DECAY_RATE = 1.0  # < 1: lr x rate ** (num_layers - 1 - layer_id)
     cfg.SOLVER.NO_WEIGHT_DECAY_KEYS = NO_WEIGHT_DECAY_KEYS  # substrings of parameter names
+    # mmengine's paramwise custom_keys, e.g. {'bottom_up': {'lr_mult': 0.1}}: lr x lr_mult on
+    # top of the layer rate, weight decay x decay_mult; overrides NO_WEIGHT_DECAY_KEYS.
+    cfg.SOLVER.CUSTOM_KEYS = CN(new_allowed=True)
 
 
 def add_greenmim_config(cfg: CN) -> CN:

@@ -9,12 +9,19 @@ layer-wise lr decay over the backbone's layers, computed by mmpretrain's
 ``lr = base_lr * layer_decay_rate ** (num_layers - 1 - layer_id)``. Twins-SVT has no layer depths
 (mmpretrain's ``SVT`` defines none; the mmdet Twins configs train without layer decay): layer
 decay is refused for it.
+
+``custom_keys`` (mmengine's paramwise option; yacs ``SOLVER.CUSTOM_KEYS``) apply on top, as in
+mmengine's ``DefaultOptimWrapperConstructor``: the longest key contained in a parameter's name
+sets ``lr x lr_mult`` and ``weight_decay = base x decay_mult`` for it (so a key longer than a
+``no_weight_decay_keys`` entry, e.g. ``bottom_up``, replaces that entry's ``decay_mult=0``:
+repeat ``decay_mult=0.`` with a more specific key where needed).
 """
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from detectron2.solver.build import maybe_add_gradient_clipping
-from mmpretrain.engine.optimizers import LearningRateDecayOptimWrapperConstructor
+
+from greenmim_mm.engine.layer_decay import SwinLayerDecayOptimWrapperConstructor
 
 from .checkpoint import body_prefix
 from .config import NO_WEIGHT_DECAY_KEYS
@@ -36,17 +43,21 @@ def _layer_depth(model: torch.nn.Module, layer_decay_rate: float) -> Callable:
 
 def param_groups(model: torch.nn.Module, base_lr: float, weight_decay: float,
                  layer_decay_rate: float = 1.0,
-                 no_weight_decay_keys: Sequence[str] = NO_WEIGHT_DECAY_KEYS) -> List[Dict]:
+                 no_weight_decay_keys: Sequence[str] = NO_WEIGHT_DECAY_KEYS,
+                 custom_keys: Optional[Mapping[str, Mapping]] = None) -> List[Dict]:
     """Parameter groups (``params``, ``lr``, ``weight_decay``) of the trainable parameters,
-    parameters with equal settings in one group.
+    parameters with equal settings in one group. ``custom_keys``: ``{substring: dict(lr_mult=,
+    decay_mult=)}`` (mmengine's rule, see the module doc), added to ``no_weight_decay_keys``'s
+    ``decay_mult=0`` entries (a key in both takes ``custom_keys``' settings).
 
     Raises:
         NotImplementedError: ``layer_decay_rate != 1`` and the backbone has no ``get_layer_depth``.
     """
-    constructor = LearningRateDecayOptimWrapperConstructor(
+    keys = {k: dict(decay_mult=0.) for k in no_weight_decay_keys}
+    keys.update({k: dict(v) for k, v in (custom_keys or {}).items()})
+    constructor = SwinLayerDecayOptimWrapperConstructor(
         dict(optimizer=dict(type='AdamW', lr=base_lr, weight_decay=weight_decay)),
-        dict(layer_decay_rate=layer_decay_rate,
-             custom_keys={k: dict(decay_mult=0.) for k in no_weight_decay_keys}))
+        dict(layer_decay_rate=layer_decay_rate, custom_keys=keys))
     per_param: List[Dict] = []
     constructor.add_params(per_param, model, get_layer_depth=_layer_depth(model, layer_decay_rate))
     groups: Dict[tuple, Dict] = {}
@@ -59,10 +70,11 @@ def param_groups(model: torch.nn.Module, base_lr: float, weight_decay: float,
 
 def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     """AdamW from ``cfg.SOLVER`` (BASE_LR, WEIGHT_DECAY, BETAS, LAYER_DECAY_RATE,
-    NO_WEIGHT_DECAY_KEYS) and detectron2's gradient clipping (CLIP_GRADIENTS); see
+    NO_WEIGHT_DECAY_KEYS, CUSTOM_KEYS) and detectron2's gradient clipping (CLIP_GRADIENTS); see
     :func:`param_groups`."""
     groups = param_groups(model, cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY,
-                          cfg.SOLVER.LAYER_DECAY_RATE, cfg.SOLVER.NO_WEIGHT_DECAY_KEYS)
+                          cfg.SOLVER.LAYER_DECAY_RATE, cfg.SOLVER.NO_WEIGHT_DECAY_KEYS,
+                          cfg.SOLVER.get('CUSTOM_KEYS'))
     adamw = maybe_add_gradient_clipping(cfg, torch.optim.AdamW)
     return adamw(groups, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS),
                  weight_decay=cfg.SOLVER.WEIGHT_DECAY)

@@ -75,3 +75,28 @@ def test_twins_no_weight_decay_keys_and_layer_decay_refused():
     cfg.SOLVER.LAYER_DECAY_RATE = 0.9
     with pytest.raises(NotImplementedError, match='GreenTwinsSVT, which has none'):
         Trainer.build_optimizer(cfg, model)
+
+
+def test_custom_keys_lr_mult_and_decay_mult_on_top_of_layer_decay(tmp_path):
+    """SOLVER.CUSTOM_KEYS (yaml) with mmengine's rule: the longest key contained in a name sets
+    lr x lr_mult on top of the layer rate and weight_decay = 0.05 x decay_mult (issue 20,
+    item 3; lr_mult used to be ignored)."""
+    yaml = tmp_path / 'custom.yaml'
+    yaml.write_text(f'_BASE_: "{NANO_YAML}"\nSOLVER:\n  CUSTOM_KEYS:\n'
+                    '    bottom_up: {lr_mult: 0.1, decay_mult: 0.5}\n')
+    cfg = load_cfg(str(yaml))
+    model = build_model(cfg)
+    opt = Trainer.build_optimizer(cfg, model)
+    got = {id(p): (g['lr'], g['weight_decay']) for g in opt.param_groups for p in g['params']}
+    keys = {'norm': (1.0, 0.0), 'relative_position_bias_table': (1.0, 0.0),
+            'absolute_pos_embed': (1.0, 0.0), 'bottom_up': (0.1, 0.5)}
+    depths = [2, 2, 2, 2]
+    for name, p in model.named_parameters():
+        matching = [k for k in keys if k in name]
+        lr_mult, decay_mult = keys[max(matching, key=len)] if matching else (1.0, 1.0)
+        lr = 4e-4 * 0.9 ** (sum(depths) + 1 - swin_layer_id(name, depths)) * lr_mult
+        assert got[id(p)][0] == pytest.approx(lr, rel=1e-12), name
+        assert got[id(p)][1] == pytest.approx(0.05 * decay_mult, rel=1e-12), name
+    qkv = 'backbone.bottom_up.body.stages.0.blocks.0.attn.w_msa.qkv.weight'
+    assert got[id(dict(model.named_parameters())[qkv])] == pytest.approx(
+        (4e-4 * 0.9**8 * 0.1, 0.025), rel=1e-12)

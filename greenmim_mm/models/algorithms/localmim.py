@@ -58,6 +58,10 @@ class LocalMIM(GreenMIM):
         necks (list[dict]): one decoder per out index; ``pred_dims`` = its head's target width.
         heads (list[dict]): one ``CellReconstructionHead`` per out index; target cell = stride.
         loss_weights (list[float], optional): per-head weights, default all 1 (LocalMIM).
+        isolate_grad (bool): the paper's "w/ isolated grad" mode (LocalMIM, CVPR 2023, the
+            gradient-isolation ablation): the encoder's tokens are detached after every
+            supervised output, so head k's loss trains only the layers between output k-1 and
+            output k (plus its own decoder); the losses are unchanged. Default False.
         mask_ratio, mask_seed, pretrained, data_preprocessor, init_cfg: as ``GreenMIM``.
 
     Raises ModelConfigError (a ValueError) at build time when the numbers of out indices,
@@ -67,7 +71,8 @@ class LocalMIM(GreenMIM):
     """
 
     def __init__(self, backbone: dict, necks: Sequence[dict], heads: Sequence[dict],
-                 loss_weights: Optional[Sequence[float]] = None, mask_ratio: float = 0.75,
+                 loss_weights: Optional[Sequence[float]] = None, isolate_grad: bool = False,
+                 mask_ratio: float = 0.75,
                  mask_seed: Optional[int] = None, pretrained: Optional[str] = None,
                  data_preprocessor: Optional[Union[dict, nn.Module]] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
@@ -84,6 +89,7 @@ class LocalMIM(GreenMIM):
                 f'output: {num} outputs (out_indices {tuple(self.backbone.out_indices)}), '
                 f'{len(necks)} necks, {len(heads)} heads, {len(weights)} loss_weights')
         self.loss_weights = weights
+        self.isolate_grad = bool(isolate_grad)
         self._check_heads()
         check_decoder_widths(self.backbone, self.neck,
                              [f'model.necks[{k}]' for k in range(num)])
@@ -123,7 +129,7 @@ class LocalMIM(GreenMIM):
 
     def forward_masked(self, img: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
         """img (B, C, H, W), mask (Hu, Wu) -> per head (B, L_k, D_k) predictions of every cell."""
-        feats = self.backbone(img, mask=mask)
+        feats = self.backbone(img, mask=mask, isolate_grad=self.isolate_grad)
         return [neck(feat, cells) for neck, feat, cells in
                 zip(self.neck, feats, self.head_masks(mask))]
 
@@ -147,10 +153,11 @@ class LocalMIM(GreenMIM):
         only (``masked_cell_loss``): the same losses as predicting every cell (tested).
         ``plan``: ``take_plan``'s device plan (else built here)."""
         if plan is None:
-            feats = self.backbone(img, mask=mask)
+            feats = self.backbone(img, mask=mask, isolate_grad=self.isolate_grad)
             cells = [None] * len(feats)
         else:
-            feats = self.backbone(img, mask=mask, geometry=plan['geometry'])
+            feats = self.backbone(img, mask=mask, geometry=plan['geometry'],
+                                  isolate_grad=self.isolate_grad)
             cells = plan['cells']
         return [masked_cell_loss(neck, head, feat, img, m, c) for neck, head, feat, m, c in
                 zip(self.neck, self.head, feats, self.head_masks(mask), cells)]

@@ -98,7 +98,8 @@ class LocalMIMViT(LocalMIM):
         ``visible_patch_index`` of the mask on the device (else computed here)."""
         if visible is None:
             visible = visible_patch_index(mask.flatten(1)).to(img.device, non_blocking=True)
-        feats = self.backbone(img, mask=mask.flatten(1), visible=visible)
+        feats = self.backbone(img, mask=mask.flatten(1), visible=visible,
+                              isolate_grad=self.isolate_grad)
         return [neck(feat, mask, visible) for neck, feat in zip(self.neck, feats)]
 
     def head_losses(self, img: torch.Tensor, mask: torch.Tensor,

@@ -156,8 +156,10 @@ class GreenSwinTransformer(SparseBackboneMixin, StrictPretrainedMixin, SwinTrans
 
     # ------------------------------------------------------------------ forward
     def forward_sparse(self, x: torch.Tensor, mask: torch.Tensor,
-                       geometry: Optional[List[StageGeometry]] = None) -> Tuple[torch.Tensor, ...]:
-        """Sparse path. x (B, 3, H, W), mask (H/32, W/32) bool -> tuple of (B, N_i, C_i)."""
+                       geometry: Optional[List[StageGeometry]] = None,
+                       isolate_grad: bool = False) -> Tuple[torch.Tensor, ...]:
+        """Sparse path. x (B, 3, H, W), mask (H/32, W/32) bool -> tuple of (B, N_i, C_i).
+        ``isolate_grad``: the tokens are detached after every output (see the contract)."""
         geometry, backend = self.prepare_sparse(x, mask, geometry)
         x = self._embed_visible(x, geometry[0])
         outs = []
@@ -169,6 +171,7 @@ class GreenSwinTransformer(SparseBackboneMixin, StrictPretrainedMixin, SwinTrans
                 x = self._sparse_merge(stage.downsample, x, geo.merge_index)
             if i in self.out_indices:
                 outs.append(getattr(self, f'norm{i}')(x))
+                x = x.detach() if isolate_grad else x
             if stage.downsample is not None and not self.out_after_downsample:
                 x = self._sparse_merge(stage.downsample, x, geo.merge_index)
         return tuple(outs)
@@ -199,7 +202,7 @@ class GreenSwinTransformer(SparseBackboneMixin, StrictPretrainedMixin, SwinTrans
             x = identity + y
             return blk.ffn(blk.norm2(x), identity=x)
 
-        if blk.with_cp and x.requires_grad:
+        if blk.with_cp and torch.is_grad_enabled():  # x may be detached (isolate_grad)
             return cp.checkpoint(inner, x, use_reentrant=False)
         return inner(x)
 

@@ -231,12 +231,13 @@ class GreenTwinsSVT(SparseBackboneMixin, StrictPretrainedMixin, SVT):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                geometry: Optional[List[StageGeometry]] = None) -> Tuple[torch.Tensor, ...]:
+                geometry: Optional[List[StageGeometry]] = None,
+                isolate_grad: bool = False) -> Tuple[torch.Tensor, ...]:
         """The contract's forward; the dense path with ``out_after_downsample`` is
         :meth:`forward_dense_after_downsample`."""
-        if mask is None and self.out_after_downsample:
+        if mask is None and self.out_after_downsample and not isolate_grad:
             return self.forward_dense_after_downsample(x)
-        return super().forward(x, mask=mask, geometry=geometry)
+        return super().forward(x, mask=mask, geometry=geometry, isolate_grad=isolate_grad)
 
     def forward_dense_after_downsample(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """mmpretrain's ``PCPVT.forward`` with out index i < last taken after stage i+1's
@@ -259,8 +260,10 @@ class GreenTwinsSVT(SparseBackboneMixin, StrictPretrainedMixin, SVT):
         return tuple(outs)
 
     def forward_sparse(self, x: torch.Tensor, mask: torch.Tensor,
-                       geometry: Optional[List[StageGeometry]] = None) -> Tuple[torch.Tensor, ...]:
-        """Sparse path. x (B, 3, H, W), mask (H/32, W/32) bool -> tuple of (B, N_i, C_i)."""
+                       geometry: Optional[List[StageGeometry]] = None,
+                       isolate_grad: bool = False) -> Tuple[torch.Tensor, ...]:
+        """Sparse path. x (B, 3, H, W), mask (H/32, W/32) bool -> tuple of (B, N_i, C_i).
+        ``isolate_grad``: the tokens are detached after every output (see the contract)."""
         geometry, backend = self.prepare_sparse(x, mask, geometry)
         outs = []
         for i, geo in enumerate(geometry):
@@ -270,6 +273,7 @@ class GreenTwinsSVT(SparseBackboneMixin, StrictPretrainedMixin, SVT):
                 x = self._sparse_patch_embed(self.patch_embeds[i], x, geometry[i - 1].merge_index)
                 if i - 1 in self.out_indices and self._after_embed(i - 1):
                     outs.append(x)
+                    x = x.detach() if isolate_grad else x
             x = self.position_encoding_drops[i](x)
             for j, layer in enumerate(self.stages[i]):
                 if j % 2 == 0:
@@ -284,6 +288,7 @@ class GreenTwinsSVT(SparseBackboneMixin, StrictPretrainedMixin, SVT):
             x = getattr(self, f'norm_after_stage{i}')(x)
             if i in self.out_indices and not self._after_embed(i):
                 outs.append(x)
+                x = x.detach() if isolate_grad else x
         return tuple(outs)
 
     def _embed_visible(self, x: torch.Tensor, geo: StageGeometry) -> torch.Tensor:

@@ -53,15 +53,21 @@ class LocalMIMMAEViT(StrictPretrainedMixin, MAEViT):
     OPTIONAL_UNEXPECTED = (r'ln1\.(weight|bias)', )
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                visible: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, ...]:
+                visible: Optional[torch.Tensor] = None,
+                isolate_grad: bool = False) -> Tuple[torch.Tensor, ...]:
         if mask is None:
+            if isolate_grad:
+                raise ValueError('isolate_grad applies to the masked path (a mask) only')
             return super().forward(x, mask=None)
-        return self.forward_visible(x, mask, visible)
+        return self.forward_visible(x, mask, visible, isolate_grad)
 
     def forward_visible(self, x: torch.Tensor, mask: torch.Tensor,
-                        visible: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, ...]:
+                        visible: Optional[torch.Tensor] = None,
+                        isolate_grad: bool = False) -> Tuple[torch.Tensor, ...]:
         """x (B, 3, H, W), mask (B, L) bool -> tuple of (B, 1 + N_vis, C) per out index.
         ``visible``: ``visible_patch_index(mask)`` on x's device, if the caller has it.
+        ``isolate_grad``: the tokens are detached after every out index (LocalMIM's
+        gradient-isolated mode: a loss on output k reaches only blocks after output k-1).
         ValueError for a mask that is not a (B, L) bool tensor (e.g. MAEViT's ``mask=True``)."""
         x = self.patch_embed(x)[0] + self.pos_embed[:, 1:, :]
         b, num, dims = x.shape
@@ -82,4 +88,5 @@ class LocalMIMMAEViT(StrictPretrainedMixin, MAEViT):
             x = layer(x)
             if i in self.out_indices:
                 outs.append(x)
+                x = x.detach() if isolate_grad else x
         return tuple(outs)

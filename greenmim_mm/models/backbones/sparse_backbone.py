@@ -20,6 +20,9 @@ runs on the visible tokens of a batch-shared mask only:
   Both paths raise ValueError for an input that is not a 4-D (B, C, H, W) tensor.
 * ``forward(x, mask=mask)``: the sparse path, a tuple of (B, N_i, C_i): the visible tokens of
   out index i in raster order, at ``geometry[feature_info[i]['stage']].coords``.
+  ``forward(x, mask=mask, isolate_grad=True)``: the same values, but the tokens are detached
+  right after each output is taken (LocalMIM's gradient-isolated mode: a loss on output k
+  reaches only the layers between output k-1 and output k).
 """
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -35,18 +38,22 @@ class SparseBackboneMixin:
     ``sparse_geometry``, ``_max_attn_drop`` and ``forward_sparse``."""
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                geometry: Optional[List[StageGeometry]] = None) -> Tuple[torch.Tensor, ...]:
+                geometry: Optional[List[StageGeometry]] = None,
+                isolate_grad: bool = False) -> Tuple[torch.Tensor, ...]:
         """Dense path (``mask=None``: the mmpretrain forward) or sparse path.
 
         ``geometry`` (from ``sparse_geometry``, optional) avoids recomputing the plans when the
-        caller already has them.
+        caller already has them; ``isolate_grad`` (sparse path only) detaches the tokens after
+        every output.
         """
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             raise ValueError(f'{type(self).__name__} takes (B, C, H, W) images; got '
                              f'{tuple(getattr(x, "shape", ())) or type(x).__name__}')
         if mask is None:
+            if isolate_grad:
+                raise ValueError('isolate_grad applies to the sparse path (a mask) only')
             return super().forward(x)
-        return self.forward_sparse(x, mask, geometry)
+        return self.forward_sparse(x, mask, geometry, isolate_grad)
 
     @property
     def sparse_unsupported(self) -> Optional[str]:
