@@ -19,10 +19,12 @@ without creating any object the file describes, and refuses (:class:`ScanRefusal
   ``bytearray``/``_codecs.encode`` of bytes or text in the file, ``torch.Size``,
   ``torch.device``, the numpy records and old mmengine names of
   :mod:`greenmim_mm.checkpoint_loading`;
+* calls and BUILDs copying more than ``2 * len(pickle) + 4096`` items/bytes in all out of their
+  arguments (a memoized value passed again and again: ``bytearray(v)`` repeated);
 * a dict key or set element other than str, bytes, bool, None or an int below ``2**61 - 1`` in
   magnitude (those have distinct hashes; CPython's dict is then linear on average).
 
-Each opcode creates at most one bounded object, so what the unpickler builds is linear in the
+Each opcode creates at most one object, the copies are bounded, so what the unpickler builds is linear in the
 pickle's size; the tensors are views of the storage records. Unknown globals are left to torch's
 own message (``Unsupported global``).
 """
