@@ -24,9 +24,9 @@ without creating any object the file describes, and refuses (:class:`ScanRefusal
 * a dict key or set element other than str, bytes, bool, None or an int below ``2**61 - 1`` in
   magnitude (those have distinct hashes; CPython's dict is then linear on average).
 
-Each opcode creates at most one object, the copies are bounded, so what the unpickler builds is linear in the
-pickle's size; the tensors are views of the storage records. Unknown globals are left to torch's
-own message (``Unsupported global``).
+Each opcode creates at most one object and the copies are bounded, so what the unpickler builds
+is linear in the pickle's size; the tensors are views of the storage records. Unknown globals are
+left to torch's own message (``Unsupported global``).
 """
 import io
 import pickle
