@@ -345,8 +345,9 @@ def _zip_pickle(file: BinaryIO) -> tuple:
     with zipfile.ZipFile(file) as archive:
         infos = archive.infolist()
         names = [info.filename for info in infos]
-        if len(set(names)) != len(names):
-            raise ScanRefusal('its zip archive holds two records of the same name')
+        if len({name.lower() for name in names}) != len(names):  # torch's miniz ignores case
+            raise ScanRefusal('its zip archive holds two records of the same name (ignoring '
+                              'case, as torch does)')
         for info in infos:
             if info.compress_type != zipfile.ZIP_STORED:
                 raise ScanRefusal(

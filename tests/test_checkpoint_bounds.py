@@ -451,3 +451,20 @@ def test_a_memoized_value_cannot_be_copied_again_and_again(tmp_path, kind):
                            match=r'copies \d+ items/bytes in all, more than the \d+ the pickle '
                            r'data can hold once each \(a memoized value copied again'):
             load_checkpoint_file(str(path))
+
+
+@pytest.mark.parametrize('other', ['archive/Data.pkl', 'archive/DATA.PKL'])
+def test_records_whose_names_differ_only_in_case_are_refused(tmp_path, other):
+    """Found in review: torch's miniz finds ``archive/data.pkl`` ignoring case, so with a second
+    record ``archive/Data.pkl`` torch unpickled that one while the scan read the first: a
+    ``bytearray(4e9)`` there passed the scan."""
+    path = tmp_path / 'case.pth'
+    evil = io.BytesIO()
+    pickle.Pickler(evil, protocol=2).dump({'meta': Pickled(bytearray, (4_000_000_000, ))})
+    with zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as archive:
+        archive.writestr('archive/data.pkl', pickle.dumps({'meta': 1}, protocol=2))
+        archive.writestr('archive/byteorder', 'little')
+        archive.writestr(other, evil.getvalue())
+        archive.writestr('archive/version', '3\n')
+    with pytest.raises(UnsafeCheckpointError, match='two records of the same name'):
+        load_checkpoint_file(str(path))
