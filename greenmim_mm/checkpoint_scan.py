@@ -225,8 +225,8 @@ class _Scanner:
             shown = ', '.join(_kind(a) for a in args)
             self.refuse(f'it calls {name}({shown}), which is not an inert value of that type')
         self.copy(args, name)
-        size = len(args[0]) if name == '_codecs.encode' else 0
-        return _Made(_RESULT_KIND.get(name, 'object'), name, size=size)
+        # what it copied, it holds: Counter(Counter(d)) copies d's entries again
+        return _Made(_RESULT_KIND.get(name, 'object'), name, size=_copied(args))
 
     def new(self, cls: Any, args: Any) -> _Made:
         name = cls.name if isinstance(cls, _Global) else _kind(cls)
