@@ -19,12 +19,14 @@ without creating any object the file describes, and refuses (:class:`ScanRefusal
   ``bytearray``/``_codecs.encode`` of bytes or text in the file, ``torch.Size``,
   ``torch.device``, the numpy records and old mmengine names of
   :mod:`greenmim_mm.checkpoint_loading`;
+* calls and BUILDs copying more than ``2 * len(pickle) + 4096`` items/bytes in all out of their
+  arguments (a memoized value passed again and again: ``bytearray(v)`` repeated);
 * a dict key or set element other than str, bytes, bool, None or an int below ``2**61 - 1`` in
   magnitude (those have distinct hashes; CPython's dict is then linear on average).
 
-Each opcode creates at most one bounded object, so what the unpickler builds is linear in the
-pickle's size; the tensors are views of the storage records. Unknown globals are left to torch's
-own message (``Unsupported global``).
+Each opcode creates at most one object and the copies are bounded, so what the unpickler builds
+is linear in the pickle's size; the tensors are views of the storage records. Unknown globals are
+left to torch's own message (``Unsupported global``).
 """
 import io
 import pickle
@@ -80,8 +82,17 @@ class _Global:
 class _Made:
     """What a call, persistent id or empty container makes: its kind and, for lists, items."""
 
-    def __init__(self, kind: str, name: str = '', items: Optional[list] = None):
-        self.kind, self.name, self.items = kind, name, items
+    def __init__(self, kind: str, name: str = '', items: Optional[list] = None, size: int = 0):
+        self.kind, self.name, self.items, self.size = kind, name, items, size
+
+    def count(self) -> int:  # items a call or BUILD copies out of it (bytes: their length)
+        return len(self.items) if self.items is not None else self.size
+
+
+def _copied(args: tuple) -> int:
+    """How many items / bytes a call or BUILD copies out of its (top-level) arguments."""
+    return sum(a.count() if isinstance(a, _Made) else len(a) for a in args
+               if isinstance(a, (str, bytes, tuple, _Made)))
 
 
 def _kind(value: Any) -> str:
@@ -107,6 +118,17 @@ class _Scanner:
         self.allowed, self.getattr_check = allowed, getattr_check
         self.storages: Dict[str, int] = {}
         self.pos = 0
+        self.copied, self.copy_limit = 0, 0
+
+    def copy(self, args: tuple, what: str) -> None:
+        """Count what ``what`` copies: a memo'd value called on again and again (``bytearray``
+        of one string, ``set`` of one list) copies it each time, so without this count a few
+        bytes per call ask for its size again."""
+        self.copied += _copied(args)
+        if self.copied > self.copy_limit:
+            self.refuse(f'{what} copies {self.copied} items/bytes in all, more than the '
+                        f'{self.copy_limit} the pickle data can hold once each (a memoized value '
+                        'copied again and again)')
 
     def refuse(self, text: str):
         raise ScanRefusal(f'{text} (pickle offset {self.pos})')
@@ -202,7 +224,9 @@ class _Scanner:
         if not check(self, args):
             shown = ', '.join(_kind(a) for a in args)
             self.refuse(f'it calls {name}({shown}), which is not an inert value of that type')
-        return _Made(_RESULT_KIND.get(name, 'object'), name)
+        self.copy(args, name)
+        # what it copied, it holds: Counter(Counter(d)) copies d's entries again
+        return _Made(_RESULT_KIND.get(name, 'object'), name, size=_copied(args))
 
     def new(self, cls: Any, args: Any) -> _Made:
         name = cls.name if isinstance(cls, _Global) else _kind(cls)
@@ -214,6 +238,9 @@ class _Scanner:
     def build(self, state: Any, target: Any) -> None:
         if not (isinstance(target, _Made) and target.kind in ('tensor', 'dict', 'object')):
             self.refuse(f'it sets the state of a {_kind(target)}')
+        # the state's own items (OrderedDict: its entries); numpy's raw bytes inside a state
+        # tuple are counted by the loader's DecodeBudget
+        self.copy((state, ), f'the state of {_kind(target)}')
 
     def extend(self, target: Any, items: list) -> None:
         if not (isinstance(target, _Made) and target.kind == 'list'):
@@ -225,6 +252,7 @@ class _Scanner:
             self.refuse(f'it sets items of a {_kind(target)}, not a dict')
         for key in items[::2]:
             self.check_key(key, 'dict key')
+        target.size += len(items) // 2
 
     def check_key(self, key: Any, what: str) -> None:
         if not _hash_safe(key):
@@ -317,8 +345,9 @@ def _zip_pickle(file: BinaryIO) -> tuple:
     with zipfile.ZipFile(file) as archive:
         infos = archive.infolist()
         names = [info.filename for info in infos]
-        if len(set(names)) != len(names):
-            raise ScanRefusal('its zip archive holds two records of the same name')
+        if len({name.lower() for name in names}) != len(names):  # torch's miniz ignores case
+            raise ScanRefusal('its zip archive holds two records of the same name (ignoring '
+                              'case, as torch does)')
         for info in infos:
             if info.compress_type != zipfile.ZIP_STORED:
                 raise ScanRefusal(
@@ -347,6 +376,7 @@ def scan_checkpoint(file: BinaryIO, size: int, allowed: Dict[str, Any], getattr_
         if torch.serialization._is_zipfile(file):  # torch's test: the first record's header
             file.seek(start)
             data, records = _zip_pickle(file)
+            scanner.copy_limit = 2 * len(data) + 4096
             scanner.scan(io.BytesIO(data))
             for key, nbytes in scanner.storages.items():
                 if records.get(key) != nbytes:
@@ -357,6 +387,7 @@ def scan_checkpoint(file: BinaryIO, size: int, allowed: Dict[str, Any], getattr_
         if tarfile.is_tarfile(file):  # torch tries this format first, for files on disk
             raise ScanRefusal("torch's pre-0.4 tar checkpoint format is not supported")
         file.seek(start)
+        scanner.copy_limit = 2 * size + 4096
         for _ in range(5):  # magic number, protocol, sys info, the object, storage keys
             scanner.scan(file)
         declared = sum(scanner.storages.values())

@@ -407,3 +407,68 @@ def test_downloads_are_scanned_too(tmp_path):
     with pytest.raises(UnsafeCheckpointError, match=r'it calls builtins\.bytearray\(int\)'):
         mmengine_checkpoint.load_from_http(f'file://{path}', map_location='cpu',
                                            model_dir=str(tmp_path / 'hub'))
+
+
+# ---------------------------------------------------------------------------- memo'd copies
+def _text(value):
+    raw = value.encode()
+    return b'X' + len(raw).to_bytes(4, 'little') + raw
+
+
+def _copies_of_one_memo_entry(kind, count):
+    """Raw pickle data: ``{'meta': [..., f(v), f(v), ...]}`` where ``v`` is one memoized value
+    (memo 2) and ``f`` (memo 3) copies it: each copy is 6 bytes of pickle (BINGET f, BINGET v,
+    TUPLE1, REDUCE or BUILD) however large ``v`` is."""
+    data = b'\x80\x02}' + _text('meta') + b']('
+    if kind == 'bytearray':  # v: 64 KiB of bytes (_codecs.encode of a latin-1 string)
+        data += b'c_codecs\nencode\n' + _text('a' * (1 << 16)) + _text('latin1') + b'\x86Rq\x02'
+        data += b'cbuiltins\nbytearray\nq\x03' + b'h\x03h\x02\x85R' * count
+    elif kind == 'set':  # v: a list of 20,000 ints
+        data += b']q\x02(' + b''.join(b'J' + i.to_bytes(4, 'little') for i in range(20000))
+        data += b'ecbuiltins\nset\nq\x03' + b'h\x03h\x02\x85R' * count
+    elif kind == 'Counter':  # v: Counter(d) of a dict d of 20,000 entries; Counter(v) copies d
+        data += b'ccollections\nCounter\nq\x03}('
+        data += b''.join(b'J' + i.to_bytes(4, 'little') + b'N' for i in range(20000))
+        data += b'u\x85Rq\x02' + b'h\x03h\x02\x85R' * count
+    else:  # OrderedDict() whose BUILD state is v, a dict of 20,000 entries
+        data += b'}q\x02(' + b''.join(b'J' + i.to_bytes(4, 'little') + b'N' for i in range(20000))
+        data += b'uccollections\nOrderedDict\nq\x03' + b'h\x03)Rh\x02b' * count
+    return data + b'es.'
+
+
+@pytest.mark.parametrize('kind', ['bytearray', 'set', 'Counter', 'OrderedDict'])
+def test_a_memoized_value_cannot_be_copied_again_and_again(tmp_path, kind):
+    """Issue 19.3 (found in review): ``bytearray(v)`` / ``set(v)`` / OrderedDict BUILD ``v`` of
+    one memoized ``v``, repeated, costs 6 bytes of pickle per copy of ``v``: a 78 kB file asked
+    128 MiB, a 100 kB one 1.6 GiB and 87 s. The scan bounds the items / bytes all calls and
+    BUILDs copy to twice the pickle's size; one copy of each still loads."""
+    for count, refused in ((1, False), (16, True)):
+        path = tmp_path / f'{kind}_{count}.pth'
+        with zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as archive:
+            archive.writestr('archive/data.pkl', _copies_of_one_memo_entry(kind, count))
+            archive.writestr('archive/byteorder', 'little')
+            archive.writestr('archive/version', '3\n')
+        if not refused:
+            assert len(load_checkpoint_file(str(path))['meta']) == 2 + (kind != 'Counter')
+            continue
+        with pytest.raises(UnsafeCheckpointError,
+                           match=r'copies \d+ items/bytes in all, more than the \d+ the pickle '
+                           r'data can hold once each \(a memoized value copied again'):
+            load_checkpoint_file(str(path))
+
+
+@pytest.mark.parametrize('other', ['archive/Data.pkl', 'archive/DATA.PKL'])
+def test_records_whose_names_differ_only_in_case_are_refused(tmp_path, other):
+    """Found in review: torch's miniz finds ``archive/data.pkl`` ignoring case, so with a second
+    record ``archive/Data.pkl`` torch unpickled that one while the scan read the first: a
+    ``bytearray(4e9)`` there passed the scan."""
+    path = tmp_path / 'case.pth'
+    evil = io.BytesIO()
+    pickle.Pickler(evil, protocol=2).dump({'meta': Pickled(bytearray, (4_000_000_000, ))})
+    with zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED) as archive:
+        archive.writestr('archive/data.pkl', pickle.dumps({'meta': 1}, protocol=2))
+        archive.writestr('archive/byteorder', 'little')
+        archive.writestr(other, evil.getvalue())
+        archive.writestr('archive/version', '3\n')
+    with pytest.raises(UnsafeCheckpointError, match='two records of the same name'):
+        load_checkpoint_file(str(path))
