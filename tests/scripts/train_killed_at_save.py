@@ -63,4 +63,5 @@ if __name__ == '__main__':
     assert sep == '--', __doc__
     install(target)
     sys.argv = [TRAIN] + train_args
+    sys.path.insert(0, os.path.dirname(TRAIN))  # as python does for a script (tools/_light.py)
     runpy.run_path(TRAIN, run_name='__main__')
