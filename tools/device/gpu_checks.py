@@ -397,6 +397,8 @@ def s_compile():
     """tools/benchmark.py --compile at the first size (sdpa; flex too on CUDA), if it has it."""
     if not benchmark_has('--compile'):
         return dict(skipped='tools/benchmark.py has no --compile flag in this tree')
+    if not cuda():  # inductor's CPU kernels take minutes to build: the rehearsal stays short
+        return dict(skipped='compiled step on the CPU: covered by tests/test_compile_step.py')
     backends = ['sdpa', 'flex'] if cuda() else ['sdpa']
     return dict(compiled=run_benchmark(A.img, backends, f'{A.img}_compiled', ['--compile']))
 
