@@ -237,7 +237,7 @@ class _Scanner:
 
     def build(self, state: Any, target: Any) -> None:
         if not (isinstance(target, _Made) and target.kind in ('tensor', 'dict', 'object')):
-            self.refuse(f'it sets the state of a {_kind(target)}')
+            self.refuse(f'it sets the state of an object of type {_kind(target)} (pickle BUILD)')
         # the state's own items (OrderedDict: its entries); numpy's raw bytes inside a state
         # tuple are counted by the loader's DecodeBudget
         self.copy((state, ), f'the state of {_kind(target)}')

@@ -11,5 +11,5 @@ from _light import load
 
 if __name__ == '__main__':
     load('cli_args').parse_train_args(sys.argv[1:])
-    from greenmim_mm.launch import train_tool
-    train_tool()
+    from greenmim_mm import launch
+    launch.train_tool()
