@@ -31,7 +31,8 @@ Every event keeps the op and the innermost frame of project code (file:line) tha
 Ops on CPU tensors (the host-side plan, the optimizer's CPU step counters) are not events.
 
 On ``meta`` an event's op cannot run (no values); the audit then returns a stand-in so that the
-step can continue and every event is counted: False for a bool read, 1 for a number, an
+step can continue and every event is counted: False for a bool read, 1 for a number (also as
+every element of a host copy, e.g. ``.tolist()``), an
 all-visible (upper bound) shape for ``nonzero`` (``meta_nonzero_assume_all_nonzero``). Counting
 is therefore exact for the first event and best effort after it; the tests assert that there
 are none.
@@ -137,6 +138,26 @@ def _stand_in(func, t: torch.Tensor):
     return 1.0 if t.is_floating_point() else 1
 
 
+def _on_host_from_meta(func, args, kwargs) -> bool:
+    """A copy of a meta tensor to the host (``.cpu()``, ``.tolist()``): it has no values."""
+    if func is aten._to_copy.default:
+        dst = kwargs.get('device')
+        return args[0].device.type == 'meta' and dst is not None and \
+            torch.device(dst).type == 'cpu'
+    return args[1].device.type == 'meta' and args[0].device.type == 'cpu'
+
+
+def _copy_stand_in(func, args, kwargs) -> torch.Tensor:
+    """The host copy of a meta tensor, with the stand-in values of ``_stand_in`` (False for
+    bool, 1 for numbers)."""
+    if func is aten._to_copy.default:
+        src = args[0]
+        out = torch.empty(src.shape, dtype=kwargs.get('dtype') or src.dtype)
+    else:
+        out = args[0]
+    return out.fill_(0 if out.dtype == torch.bool else 1)
+
+
 class SyncAudit(TorchDispatchMode):
     """Record the synchronising calls of the code run under it (see the module docstring).
 
@@ -172,6 +193,8 @@ class SyncAudit(TorchDispatchMode):
         kwargs = kwargs or {}
         if func in _COPIES:
             self._check_copy(func, args, kwargs)
+            if _on_host_from_meta(func, args, kwargs):
+                return _copy_stand_in(func, args, kwargs)
         elif func in _READ_BACK and any(_on_device(a) for a in args):
             self._record('read_back', func)
             if args[0].device.type == 'meta':
