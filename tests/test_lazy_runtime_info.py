@@ -72,8 +72,9 @@ def test_pending_values_reach_the_hub_before_checkpoints_validation_and_epoch_en
 def test_types_and_values_are_those_of_item():
     """Several dtypes, a Python number, bf16: the hub holds what .item() gives."""
     from greenmim_mm.engine.lazy_runtime_info import read_scalars
-    pending = [dict(a=torch.tensor(0.1), b=torch.tensor(3), c=torch.tensor(0.3, dtype=torch.bfloat16),
-                    d=2.0, e=torch.tensor([0.7], dtype=torch.float64))]
+    pending = [dict(a=torch.tensor(0.1), b=torch.tensor(3),
+                    c=torch.tensor(0.3, dtype=torch.bfloat16), d=2.0,
+                    e=torch.tensor([0.7], dtype=torch.float64))]
     got = read_scalars(pending)[0]
     want = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in pending[0].items()}
     assert got == want and [type(v) for v in got.values()] == [type(v) for v in want.values()]
@@ -131,9 +132,11 @@ def lines(work_dir):
 
 def test_runner_logs_what_mmengine_logs_without_per_iteration_reads(tmp_path, monkeypatch):
     """Two epochs of 7 iterations, logger interval 3 (logs after 3 and 6 of each epoch; the
-    hooks also flush after 7, the epoch's end), checkpoints every 4 iterations (mid-epoch): the message hub histories, the log lines and
-    the checkpoints' message hubs of the lazy hook equal mmengine's RuntimeInfoHook's; with the
-    lazy hook no step output is read (.item()) except on logging iterations."""
+    hooks also flush after 7, the epoch's end), checkpoints every 4 iterations (mid-epoch):
+    the message hub histories, the log lines and the checkpoints' message hubs of the lazy hook
+    equal mmengine's RuntimeInfoHook's. mmengine's hook reads every output every iteration
+    (.item()); the lazy one reads once (.tolist()) on the logging, epoch-end and saving
+    iterations, and not at all on the others."""
     item = torch.Tensor.item
 
     def counted(self):

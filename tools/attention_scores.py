@@ -12,8 +12,8 @@ Computed: what each layout evaluates (per head and image):
 Means over random masks, Swin windows (7, shifts 0 and 3) at the given size and ratio; ratio =
 computed / needed. The last column is the cost of the static padded plan (``sdpa static``) in
 FLOPs of one Swin block at that stage, over the block with only the needed scores:
-extra = 4·C·(static - needed) against 24·C²·N + 4·C·needed, with C = ``--embed-dims`` x 2^stage
-(Swin-B: 128), N the visible tokens, 24·C² the FLOPs per token of qkv, projection and the
+extra = 4·C·(static - needed) against 24·C²·N + 4·C·needed, with C = ``--embed-dims`` x
+2^stage (Swin-B: 128), N the visible tokens, 24·C² the FLOPs per token of qkv, projection and the
 4x MLP, and 4·C per score of QK^T and AV summed over heads (a multiply-add is 2 FLOPs).
 
     tools/env.sh python tools/attention_scores.py [--img-size 224] [--ratio 0.75] [--masks 50]

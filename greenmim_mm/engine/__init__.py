@@ -10,7 +10,8 @@ from .skipped_samples import SkippedSamplesHook, TooManyBadSamplesError
 from .work_dir_lock import WorkDirBusyError
 from .runner import GreenRunner  # noqa: E402  (accumulation-aware auto_scale_lr, resume check)
 
-__all__ = ['AutocastOptimWrapper', 'LazyRuntimeInfoHook', 'SafeCheckpointHook', 'SwinLayerDecayOptimWrapperConstructor',
+__all__ = ['AutocastOptimWrapper', 'LazyRuntimeInfoHook', 'SafeCheckpointHook',
+           'SwinLayerDecayOptimWrapperConstructor',
            'backbone_layer_depth',
            'NonFiniteLossError', 'NonFiniteLossHook', 'NonFiniteWeightsError', 'SkippedSamplesHook',
            'TooManyBadSamplesError', 'CheckpointMismatchError', 'LearningRateOverflowError',
