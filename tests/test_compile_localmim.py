@@ -1,7 +1,8 @@
 """torch.compile of the LocalMIM model step (issue 18 review, item 4): the plan (mask, geometry,
 cell indices, decoder position caches: ``plan_step``) stays outside the graph, one graph over
-several masks, the eager step's losses and gradients. A tiny Swin and a tiny ViT on the CPU;
-``CompileCounter`` as the backend counts the graphs dynamo hands over and runs them eagerly.
+several masks, the eager step's losses and gradients. A tiny Swin, a tiny ViT and the nano
+Twins of the demo config on the CPU; ``CompileCounter`` as the backend counts the graphs dynamo
+hands over and runs them eagerly.
 """
 import pytest
 import torch
@@ -42,6 +43,12 @@ def build_vit(compile=False):
     return tiny_vit_localmim(mask_seed=0, compile=compile).train()
 
 
+def build_twins(compile=False):
+    from test_step_syncs import build_demo
+    return build_demo('localmim_twins-nano_demo_128px', device='cpu', mask_seed=0,
+                      compile=compile)[0]
+
+
 def compare(compiled, eager, x, steps):
     for _ in range(steps):
         got, want = compiled.loss(x), eager.loss(x)
@@ -56,8 +63,8 @@ def compare(compiled, eager, x, steps):
     assert int(compiled.mask_step) == steps
 
 
-@pytest.mark.parametrize('build,size', [(build_swin, 128), (build_vit, 64)],
-                         ids=['swin', 'vit'])
+@pytest.mark.parametrize('build,size', [(build_swin, 128), (build_vit, 64), (build_twins, 128)],
+                         ids=['swin', 'vit', 'twins'])
 def test_compiled_localmim_step_is_one_graph_over_masks(build, size):
     """compile=dict(...) in the model config: 6 steps (6 masks) of loss + backward give one
     graph and the eager model's losses and gradients."""
