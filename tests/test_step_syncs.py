@@ -14,7 +14,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import greenmim_mm  # noqa: F401
-from greenmim_mm.engine.sync_audit import SyncAudit
+from greenmim_mm.engine.sync_audit import SyncAudit, declare_pinned
 from greenmim_mm.models.algorithms import greenmim as greenmim_module
 from greenmim_mm.models.algorithms import localmim_vit as vit_module
 from greenmim_mm.models.algorithms.greenmim import draw_unit_mask
@@ -86,6 +86,13 @@ def _blocking_mask_copy(orig):
     return loss
 
 
+def _unpinned_copy(orig):
+    def loss(self, pred, imgs, mask, cells=None):   # non_blocking, but from pageable memory
+        torch.zeros(mask.shape).to(pred.device, non_blocking=True)
+        return orig(self, pred, imgs, mask, cells)
+    return loss
+
+
 def _loss_read_back(orig):
     def loss(self, *a, **k):
         out = orig(self, *a, **k)
@@ -102,6 +109,7 @@ def _boolean_index(orig):
 
 
 @pytest.mark.parametrize('plant,kind,op', [(_blocking_mask_copy, 'h2d_blocking', '_to_copy'),
+                                           (_unpinned_copy, 'h2d_unpinned', '_to_copy'),
                                            (_loss_read_back, 'read_back', '_local_scalar_dense'),
                                            (_boolean_index, 'data_dependent', 'index')])
 def test_audit_finds_a_planted_sync(monkeypatch, plant, kind, op):
@@ -112,13 +120,37 @@ def test_audit_finds_a_planted_sync(monkeypatch, plant, kind, op):
     assert 'tests/test_step_syncs.py' in audit.events[0].where
 
 
-def test_audit_ignores_host_only_work_and_non_blocking_copies():
+def test_audit_ignores_host_only_work_and_pinned_non_blocking_copies():
+    """Host-only work is no event; a non_blocking copy from a (view of a) buffer declared
+    pinned is none either (the meta audit on a machine that cannot pin)."""
     with SyncAudit() as audit:
         a = torch.arange(6).view(2, 3)
         int(a.sum()), a[a > 2], a.tolist()                    # all on the host
-        b = a.to('meta', non_blocking=True)
-        (b + 1).sum()
-    assert audit.events == []
+        buffer = declare_pinned(torch.arange(12))
+        b = buffer.to('meta', non_blocking=True)
+        c = buffer[6:].view(2, 3).to('meta', non_blocking=True)
+        (b.sum() + c.sum())
+    assert audit.events == [], audit.summary()
+
+
+def test_audit_flags_non_blocking_copies_from_pageable_memory():
+    """non_blocking=True from unpinned memory is a blocking copy in reality (CUDA stages it):
+    an 'h2d_unpinned' event, for .to() and copy_(); only is_pinned() counts for a CUDA
+    target, where a declared but unpinned buffer is an event too."""
+    from greenmim_mm.engine.sync_audit import _pinned
+    dst = torch.empty(2, 3, device='meta')
+    with SyncAudit() as audit:
+        torch.arange(6).view(2, 3).to('meta', non_blocking=True)
+        dst.copy_(torch.ones(2, 3), non_blocking=True)
+    assert [(e.kind, e.op) for e in audit.events] == [('h2d_unpinned', '_to_copy'),
+                                                      ('h2d_unpinned', 'copy_')]
+    assert 'tests/test_step_syncs.py' in audit.events[0].where
+    buffer = declare_pinned(torch.zeros(4))
+    assert _pinned(buffer[1:], torch.device('meta'))
+    assert not _pinned(buffer, torch.device('cuda'))
+    assert not _pinned(torch.zeros(4), torch.device('meta'))
+    with pytest.raises(ValueError, match='host buffer'):
+        declare_pinned(torch.zeros(1, device='meta'))
 
 
 # ------------------------------------------------------------------ the plan (item 3)

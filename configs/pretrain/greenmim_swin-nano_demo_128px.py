@@ -91,17 +91,20 @@ param_scheduler = [
 ]
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs)
 
+# LazyRuntimeInfoHook: mmengine's RuntimeInfoHook reading the losses from the device only when
+# logged (logger interval, validation, checkpoints, epoch end), with the same logged values.
 default_hooks = dict(
-    runtime_info=dict(type='RuntimeInfoHook'),
+    runtime_info=dict(type='LazyRuntimeInfoHook'),
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=5),
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='SafeCheckpointHook', interval=1, max_keep_ckpts=2),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='VisualizationHook', enable=False))
-# Stop at the first NaN/inf loss (before any checkpoint of it); count and bound skipped files.
+# Stop at the first NaN/inf loss (before any checkpoint of it; checked on the logging
+# iterations, where the losses are read anyway); count and bound skipped files.
 custom_hooks = [
-    dict(type='NonFiniteLossHook'),
+    dict(type='NonFiniteLossHook', interval='logger'),
     dict(type='SkippedSamplesHook', max_fraction=0.01),
 ]
 env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork'),

@@ -1,11 +1,13 @@
 """Stop training at the first non-finite loss, and never checkpoint non-finite weights."""
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from mmengine.hooks import Hook
 
 from greenmim_mm.registry import HOOKS
+
+from .lazy_runtime_info import logging_iteration
 
 
 class NonFiniteLossError(RuntimeError):
@@ -17,29 +19,36 @@ class NonFiniteLossHook(Hook):
     """Raise :class:`NonFiniteLossError` when a training iteration's loss was NaN or infinite,
     naming that iteration, its epoch and batch, and the non-finite loss terms with their values.
 
-    No read of the device per iteration: every iteration folds ``isfinite`` of each loss term
-    into a device-side record (first bad iteration, batch index and term values: tensor ops
-    only); the host reads it every ``interval`` iterations, before every checkpoint is written
-    (``before_save_checkpoint``), and at the end of every epoch and of training. So a NaN loss
-    stops the run at most ``interval - 1`` iterations later and before any checkpoint of an
-    iteration at or after it (mmdet's ``CheckInvalidLossHook`` checks every 50 and only
-    asserts). ``interval=1`` checks every iteration (one sync per iteration).
+    No read of the device and no host-to-device copy per iteration: every iteration folds
+    ``isfinite`` of each loss term into a device-resident record (first bad iteration, batch
+    index and term values; built with device ops and scalar fills only); the host reads it on
+    its check iterations, before every checkpoint is written (``before_save_checkpoint``), and
+    at the end of every epoch and of training. So a NaN loss stops the run at most one check
+    interval later and before any checkpoint of an iteration at or after it (mmdet's
+    ``CheckInvalidLossHook`` checks every 50 and only asserts).
+
+    Check iterations: every ``interval`` iterations (an int; ``interval=1`` checks every
+    iteration, one sync per iteration), or ``interval='logger'``: the ``LoggerHook``'s logging
+    iterations (:func:`~greenmim_mm.engine.lazy_runtime_info.logging_iteration`), where
+    ``LazyRuntimeInfoHook`` reads the losses anyway: the device has then just been waited for,
+    so this hook's read adds no wait of its own (the pre-training configs).
 
     Priority ``ABOVE_NORMAL``: it runs before ``LoggerHook`` (``BELOW_NORMAL``) and the
     checkpoint hook (``VERY_LOW``, whose ``before_save_checkpoint`` also runs after this one's);
     the process exits with the error. Loss values that are Python numbers are checked at once.
 
     Args:
-        interval (int): iterations between two reads of the device record (default 10).
+        interval (int or 'logger'): when the device record is read (default 10).
     """
 
     priority = 'ABOVE_NORMAL'
 
-    def __init__(self, interval: int = 10):
-        if not isinstance(interval, int) or interval < 1:
-            raise ValueError(f'NonFiniteLossHook interval must be a positive int; got {interval!r}')
+    def __init__(self, interval: Union[int, str] = 10):
+        if interval != 'logger' and (not isinstance(interval, int) or interval < 1):
+            raise ValueError(f"NonFiniteLossHook interval must be a positive int or 'logger'; "
+                             f'got {interval!r}')
         self.interval = interval
-        self._record = None  # device: first bad (iteration, batch index), or (-1, -1)
+        self._record = None  # device (2,) int64: first bad (iteration, batch), or (-1, -1)
         self._values = {}    # term -> device value at the first bad iteration
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,
@@ -53,21 +62,28 @@ class NonFiniteLossHook(Hook):
                    if isinstance(v, torch.Tensor) and v.numel()}
         if tensors:
             self._fold(runner.iter + 1, batch_idx + 1, tensors)
-        if (runner.iter + 1) % self.interval == 0:
+        if self._check_iteration(runner, batch_idx):
             self.check(runner)
 
+    def _check_iteration(self, runner, batch_idx: int) -> bool:
+        if self.interval == 'logger':
+            return logging_iteration(runner, batch_idx)
+        return (runner.iter + 1) % self.interval == 0
+
     def _fold(self, iteration: int, batch: int, tensors: dict) -> None:
-        """Record the first non-finite iteration on the device (no host read)."""
+        """Record the first non-finite iteration on the device: no host read, no copy (the
+        iteration and batch numbers enter as scalar fills)."""
         device = next(iter(tensors.values())).device
         if self._record is None or self._record.device != device:
             self._record = torch.full((2, ), -1, dtype=torch.int64, device=device)
-        bad = torch.stack([~torch.isfinite(v) for v in tensors.values()]).any()
+        bad = torch.stack([torch.isfinite(v).logical_not() for v in tensors.values()]).any()
         first = bad & (self._record[0] < 0)
-        here = torch.tensor([iteration, batch], dtype=torch.int64).to(device, non_blocking=True)
+        here = torch.full_like(self._record, batch)
+        here[0] = iteration
         self._record = torch.where(first, here, self._record)
         for k, v in tensors.items():
-            old = self._values.get(k, torch.zeros((), device=device))
-            self._values[k] = torch.where(first, v, old)
+            old = self._values.get(k)
+            self._values[k] = torch.where(first, v, v.new_zeros(()) if old is None else old)
 
     def check(self, runner) -> None:
         """Read the device record (one sync) and raise if a non-finite loss was recorded."""

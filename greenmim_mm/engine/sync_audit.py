@@ -9,6 +9,17 @@ and the CPU rehearsal, ``cuda`` on a GPU):
   (``aten._to_copy`` / ``aten.copy_``), or a device op given a host tensor operand (e.g. a CPU
   index into a device tensor, which the op copies itself, blocking). Not visible to a dispatch
   mode: ``torch.tensor(data, device=dev)`` (its copy happens below the dispatcher).
+* ``h2d_unpinned``: a ``non_blocking=True`` host-to-device copy whose source is not page-locked.
+  CUDA stages a copy from pageable memory through its own pinned buffer and synchronises the
+  stream first, so it blocks like ``non_blocking=False`` (CUDA runtime API, "API
+  synchronization behavior": memcpy from pageable host memory). The pinning rule:
+
+  - a source that ``is_pinned()`` (or a view of such memory) is pinned;
+  - on a machine that cannot pin (no CUDA: the meta-device audit on the CPU), the audit cannot
+    see pinning, so a source counts as pinned when it is (a view of) a host buffer declared
+    with :func:`declare_pinned`, which our code calls on the staging buffers it allocates
+    with ``pin_memory=True`` whenever the target is a CUDA device (``step_plan.pack_plan``).
+    On a CUDA target only ``is_pinned()`` counts: a declared but unpinned buffer is an event.
 * ``read_back``: a device value read on the host: ``.item()``, ``float()``, ``int()``,
   ``bool()`` (``aten._local_scalar_dense`` / ``aten.is_nonzero``), a device-to-host copy
   (``.cpu()``, ``.tolist()``, ``.numpy()``), ``torch.equal``.
@@ -20,7 +31,8 @@ Every event keeps the op and the innermost frame of project code (file:line) tha
 Ops on CPU tensors (the host-side plan, the optimizer's CPU step counters) are not events.
 
 On ``meta`` an event's op cannot run (no values); the audit then returns a stand-in so that the
-step can continue and every event is counted: False for a bool read, 1 for a number, an
+step can continue and every event is counted: False for a bool read, 1 for a number (also as
+every element of a host copy, e.g. ``.tolist()``), an
 all-visible (upper bound) shape for ``nonzero`` (``meta_nonzero_assume_all_nonzero``). Counting
 is therefore exact for the first event and best effort after it; the tests assert that there
 are none.
@@ -28,6 +40,7 @@ are none.
 import collections
 import os
 import traceback
+import weakref
 from typing import List, NamedTuple
 
 import torch
@@ -43,8 +56,40 @@ _COPIES = {aten._to_copy.default, aten.copy_.default}
 _PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# storage address -> a host buffer allocated pinned for CUDA targets (see declare_pinned)
+_DECLARED_PINNED: 'weakref.WeakValueDictionary[int, torch.Tensor]' = \
+    weakref.WeakValueDictionary()
+
+
+def declare_pinned(buffer: torch.Tensor) -> torch.Tensor:
+    """Declare ``buffer`` (a host tensor) a staging buffer that its allocator pins whenever
+    the copy target is a CUDA device; returns ``buffer``.
+
+    Only :class:`SyncAudit` reads the declaration, and only for copies to a non-CUDA device
+    (the ``meta`` audit on a machine that cannot pin): a ``non_blocking`` copy from the buffer
+    or a view of it then counts as a copy from pinned memory, as it is on a GPU. Held weakly:
+    a freed buffer's declaration goes with it.
+    """
+    if buffer.device.type != 'cpu':
+        raise ValueError(f'declare_pinned: a host buffer is expected, got one on {buffer.device}')
+    _DECLARED_PINNED[buffer.untyped_storage().data_ptr()] = buffer
+    return buffer
+
+
+def _pinned(src: torch.Tensor, dst_device: torch.device) -> bool:
+    """Whether a host-to-``dst_device`` copy from ``src`` reads page-locked memory (the
+    module docstring's pinning rule)."""
+    if src.is_pinned():
+        return True
+    if dst_device.type == 'cuda':
+        return False
+    ptr = src.untyped_storage().data_ptr()
+    owner = _DECLARED_PINNED.get(ptr)
+    return owner is not None and owner.untyped_storage().data_ptr() == ptr
+
+
 class SyncEvent(NamedTuple):
-    kind: str     # 'h2d_blocking', 'read_back' or 'data_dependent'
+    kind: str     # 'h2d_blocking', 'h2d_unpinned', 'read_back' or 'data_dependent'
     op: str       # the ATen op
     where: str    # innermost project frame, 'path:line in function'
 
@@ -93,6 +138,26 @@ def _stand_in(func, t: torch.Tensor):
     return 1.0 if t.is_floating_point() else 1
 
 
+def _on_host_from_meta(func, args, kwargs) -> bool:
+    """A copy of a meta tensor to the host (``.cpu()``, ``.tolist()``): it has no values."""
+    if func is aten._to_copy.default:
+        dst = kwargs.get('device')
+        return args[0].device.type == 'meta' and dst is not None and \
+            torch.device(dst).type == 'cpu'
+    return args[1].device.type == 'meta' and args[0].device.type == 'cpu'
+
+
+def _copy_stand_in(func, args, kwargs) -> torch.Tensor:
+    """The host copy of a meta tensor, with the stand-in values of ``_stand_in`` (False for
+    bool, 1 for numbers)."""
+    if func is aten._to_copy.default:
+        src = args[0]
+        out = torch.empty(src.shape, dtype=kwargs.get('dtype') or src.dtype)
+    else:
+        out = args[0]
+    return out.fill_(0 if out.dtype == torch.bool else 1)
+
+
 class SyncAudit(TorchDispatchMode):
     """Record the synchronising calls of the code run under it (see the module docstring).
 
@@ -128,6 +193,8 @@ class SyncAudit(TorchDispatchMode):
         kwargs = kwargs or {}
         if func in _COPIES:
             self._check_copy(func, args, kwargs)
+            if _on_host_from_meta(func, args, kwargs):
+                return _copy_stand_in(func, args, kwargs)
         elif func in _READ_BACK and any(_on_device(a) for a in args):
             self._record('read_back', func)
             if args[0].device.type == 'meta':
@@ -153,8 +220,11 @@ class SyncAudit(TorchDispatchMode):
             dst_device = dst.device
             non_blocking = args[2] if len(args) > 2 else kwargs.get('non_blocking', False)
         dst_device = torch.device(dst_device)
-        if _on_host(src) and dst_device.type != 'cpu' and not non_blocking:
-            self._record('h2d_blocking', func)
+        if _on_host(src) and dst_device.type != 'cpu':
+            if not non_blocking:
+                self._record('h2d_blocking', func)
+            elif not _pinned(src, dst_device):
+                self._record('h2d_unpinned', func)
         elif _on_device(src) and dst_device.type == 'cpu' and not non_blocking:
             self._record('read_back', func)
 

@@ -5,7 +5,7 @@ Wang et al., "Masked Image Modeling with Local Multi-Scale Reconstruction", CVPR
 that stage's grid (fine below, coarse above); the losses are summed. The encoder sees only the
 visible 32-px mask units, exactly as in GreenMIM, whose mask bookkeeping this reuses.
 """
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -62,7 +62,13 @@ class LocalMIM(GreenMIM):
             gradient-isolation ablation): the encoder's tokens are detached after every
             supervised output, so head k's loss trains only the layers between output k-1 and
             output k (plus its own decoder); the losses are unchanged. Default False.
-        mask_ratio, mask_seed, pretrained, data_preprocessor, init_cfg: as ``GreenMIM``.
+        mask_ratio, mask_seed, pretrained, data_preprocessor, init_cfg, prefetch_plan: as
+            ``GreenMIM``.
+        compile (bool or dict): as ``GreenMIM``: ``torch.compile`` the model step
+            (:meth:`masked_loss`: encoder, every decoder and head, the weighted losses) with
+            these options; the host side (:meth:`plan_step`: mask, geometry, cell indices,
+            decoder position caches) stays outside the graph, and every shape is static per
+            (mask ratio, image size), so it compiles once. Default False.
 
     Raises ModelConfigError (a ValueError) at build time when the numbers of out indices,
     decoders, heads and weights differ, when a head's cell is not its output's stride, when a
@@ -75,12 +81,14 @@ class LocalMIM(GreenMIM):
                  mask_ratio: float = 0.75,
                  mask_seed: Optional[int] = None, pretrained: Optional[str] = None,
                  data_preprocessor: Optional[Union[dict, nn.Module]] = None,
-                 init_cfg: Optional[Union[dict, List[dict]]] = None):
+                 init_cfg: Optional[Union[dict, List[dict]]] = None, prefetch_plan: bool = True,
+                 compile: Union[bool, dict] = False):
         necks = nn.ModuleList([_build(c) for c in necks])
         heads = nn.ModuleList([_build(c) for c in heads])
         super().__init__(backbone=backbone, neck=necks, head=heads, mask_ratio=mask_ratio,
                          mask_seed=mask_seed, pretrained=pretrained,
-                         data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+                         data_preprocessor=data_preprocessor, init_cfg=init_cfg,
+                         prefetch_plan=prefetch_plan, compile=compile)
         num = len(self.backbone.out_indices)
         weights = [1.0] * num if loss_weights is None else [float(w) for w in loss_weights]
         if not len(necks) == len(heads) == len(weights) == num:
@@ -138,9 +146,36 @@ class LocalMIM(GreenMIM):
         """inputs: normalised images (B, C, H, W) -> {'loss_k': weighted loss of head k}
         (mmengine sums every 'loss*' entry)."""
         img = _single_view(inputs)
+        mask, plan = self.plan_step(img)
+        return {f'loss_{k}': loss for k, loss in enumerate(self.model_step(img, mask, plan))}
+
+    @torch.compiler.disable
+    def plan_step(self, img: torch.Tensor) -> Tuple[torch.Tensor, dict]:
+        """The host side of a step, never traced by ``torch.compile`` (as ``GreenMIM``'s):
+        :meth:`take_plan` (host mask, plan on ``img``'s device, prefetched), and every
+        decoder's position cache and every target generator's cache (``prepare``, e.g. HOG's
+        cell offsets) filled for this step's sizes, so a compiled step never sees a cache
+        change (nor copies positions to the device)."""
         mask, plan = self.take_plan(img)
-        return {f'loss_{k}': w * loss for k, (w, loss) in
-                enumerate(zip(self.loss_weights, self.head_losses(img, mask, plan)))}
+        like = torch.empty(0, device=img.device)
+        for neck, grid in zip(self.neck, self.decoder_grids(mask, plan)):
+            if hasattr(neck, 'pos_embed'):
+                neck.pos_embed(grid, like)
+        for head in self.head:
+            prepare = getattr(getattr(head, 'target_generator', None), 'prepare', None)
+            if prepare is not None:
+                prepare(img.shape[-2:], img.device)
+        return mask, plan
+
+    def decoder_grids(self, mask: torch.Tensor, plan: dict) -> List[Tuple[int, int]]:
+        """The (H, W) grid every decoder places its tokens on: its head's cell mask."""
+        return [tuple(cells['weight'].shape) for cells in plan['cells']]
+
+    def masked_loss(self, img: torch.Tensor, mask: torch.Tensor, plan: dict) -> List[torch.Tensor]:
+        """The model step on the plan of :meth:`plan_step` (one graph under ``torch.compile``):
+        every head's weighted loss, ``loss_weights[k] * loss_k``."""
+        return [w * loss for w, loss in
+                zip(self.loss_weights, self.head_losses(img, mask, plan))]
 
     def plan_tensors(self, mask: torch.Tensor, shape: tuple, device: torch.device) -> dict:
         """Host tensors of a step's plan: the backbone geometry and every head's cells."""

@@ -92,6 +92,10 @@ class LocalMIMViT(LocalMIM):
         """Host tensors of a step's plan: visible patch indices (B, N_vis), every head's weights."""
         return dict(visible=visible_patch_index(mask.flatten(1)), weights=self.head_masks(mask))
 
+    def decoder_grids(self, mask: torch.Tensor, plan: dict) -> List[tuple]:
+        """Every decoder places its tokens on the patch grid (h, w) of the masks (B, h, w)."""
+        return [tuple(mask.shape[1:])] * len(self.neck)
+
     def forward_masked(self, img: torch.Tensor, mask: torch.Tensor,
                        visible: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
         """img (B, C, H, W), mask (B, h, w) -> per head (B, L_k, D_k) predictions; ``visible``:

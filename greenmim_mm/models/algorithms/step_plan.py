@@ -25,6 +25,8 @@ from typing import Any, Callable, Hashable, List, Optional
 
 import torch
 
+from greenmim_mm.engine.sync_audit import declare_pinned
+
 _ALIGN = 64  # bytes: every tensor starts at a multiple (any dtype's view is aligned)
 
 
@@ -60,7 +62,7 @@ def pack_plan(plan: Any, device) -> PackedPlan:
         layout.append((off, nbytes, t.dtype, tuple(t.shape)))
         off += -(-nbytes // _ALIGN) * _ALIGN
     pin = torch.device(device).type == 'cuda' and torch.cuda.is_available()
-    buffer = torch.empty(off, dtype=torch.uint8, pin_memory=pin)
+    buffer = declare_pinned(torch.empty(off, dtype=torch.uint8, pin_memory=pin))
     for t, (o, nbytes, _, _) in zip(tensors, layout):
         if nbytes:
             buffer[o:o + nbytes].copy_(t.contiguous().view(-1).view(torch.uint8))

@@ -193,8 +193,10 @@ class GreenTwinsSVT(SparseBackboneMixin, StrictPretrainedMixin, SVT):
         return None
 
     def _max_attn_drop(self) -> float:
+        # list(stage), not stage[::2]: slicing builds a ModuleList, which torch.compile
+        # cannot trace (a graph break in every compiled step)
         return max(layer.attn.attn_drop.p for stage in self.stages
-                   for layer in stage[::2])
+                   for layer in list(stage)[::2])
 
     def sparse_geometry(self, mask: torch.Tensor, img_hw: Sequence[int],
                         device=None) -> List[StageGeometry]:

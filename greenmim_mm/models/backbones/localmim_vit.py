@@ -1,6 +1,7 @@
 """mmpretrain's ``MAEViT`` plus what LocalMIM needs: intermediate outputs of the visible tokens."""
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 from mmpretrain.models.selfsup import MAEViT
 
@@ -51,6 +52,12 @@ class LocalMIMMAEViT(StrictPretrainedMixin, MAEViT):
     """
     OPTIONAL_MISSING = (r'ln1\.(weight|bias)', )
     OPTIONAL_UNEXPECTED = (r'ln1\.(weight|bias)', )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for module in self.modules():   # MAEViT's np.linspace rates: a branch torch.compile
+            if isinstance(getattr(module, 'drop_prob', None), np.floating):   # cannot trace
+                module.drop_prob = float(module.drop_prob)
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
                 visible: Optional[torch.Tensor] = None,

@@ -106,6 +106,18 @@ def grid_sincos_embedding(grid_hw: Tuple[int, int], dims: int) -> torch.Tensor:
     return build_2d_sincos_position_embedding((w, h), dims)[0]
 
 
+def cached_sincos_embedding(cache: Dict[tuple, torch.Tensor], grid_hw: Tuple[int, int],
+                            dims: int, like: torch.Tensor) -> torch.Tensor:
+    """(1, H*W, dims) :func:`grid_sincos_embedding` on ``like``'s device and dtype, kept in
+    ``cache`` per (grid, dims, device): the host-to-device copy (a blocking one, pageable
+    memory) happens at the first use of a grid only, so a training step copies nothing (the
+    algorithms fill the cache in their host-side ``plan_step``)."""
+    key = (int(grid_hw[0]), int(grid_hw[1]), int(dims), like.device)
+    if key not in cache:
+        cache[key] = grid_sincos_embedding(grid_hw, dims).to(like.device)[None]
+    return cache[key].to(like.dtype)
+
+
 class GridPlacement(BaseModule):
     """A learned mask token and the fixed sin-cos position of every cell of the mask's grid.
 
@@ -127,11 +139,7 @@ class GridPlacement(BaseModule):
 
     def pos_embed(self, grid_hw: Tuple[int, int], like: torch.Tensor) -> torch.Tensor:
         """(1, H*W, dims) sin-cos embedding on ``like``'s device and dtype (cached per grid)."""
-        key = (int(grid_hw[0]), int(grid_hw[1]), like.device)
-        if key not in self._pos_cache:
-            pos = grid_sincos_embedding(grid_hw, self.mask_token.shape[-1])
-            self._pos_cache[key] = pos.to(like.device, non_blocking=True)[None]
-        return self._pos_cache[key].to(like.dtype)
+        return cached_sincos_embedding(self._pos_cache, grid_hw, self.mask_token.shape[-1], like)
 
     def place(self, tokens: torch.Tensor, mask: torch.Tensor,
               visible: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -11,7 +11,7 @@ from mmpretrain.models.utils import LayerNorm2d
 from greenmim_mm.ops.masking import visible_patch_index
 from greenmim_mm.registry import MODELS
 
-from .grid_decoder import grid_sincos_embedding
+from .grid_decoder import cached_sincos_embedding
 
 SCALES = (4.0, 2.0, 1.0, 0.5)
 
@@ -64,6 +64,7 @@ class LocalMIMViTDecoder(BaseModule):
         self.in_norm = build_norm_layer(norm_cfg, in_channels)[1]
         self.decoder_embed = nn.Linear(in_channels, embed_dims)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dims))
+        self._pos_cache = {}  # (h, w, dims, device) -> (1, h*w, dims) positions
         self.decoder_blocks = nn.ModuleList([
             TransformerEncoderLayer(embed_dims, num_heads, int(mlp_ratio * embed_dims),
                                     qkv_bias=True, norm_cfg=norm_cfg) for _ in range(depth)
@@ -88,9 +89,13 @@ class LocalMIMViTDecoder(BaseModule):
                              f'{visible.shape[1]} visible patches per sample')
         grid = self.mask_token.to(tokens.dtype).repeat(b, mask[0].numel(), 1)
         grid = grid.scatter(1, visible[..., None].expand(-1, -1, d), tokens[:, 1:])
-        pos = grid_sincos_embedding(tuple(mask.shape[1:]), d)
-        pos = pos.to(tokens.device, non_blocking=True).to(tokens.dtype)
-        return torch.cat((tokens[:, :1], grid + pos[None]), dim=1)
+        pos = self.pos_embed(tuple(mask.shape[1:]), tokens)
+        return torch.cat((tokens[:, :1], grid + pos), dim=1)
+
+    def pos_embed(self, grid_hw, like: torch.Tensor) -> torch.Tensor:
+        """(1, h*w, D) sin-cos positions of the patch grid on ``like``'s device and dtype,
+        cached (copied to the device at the first use of a grid only)."""
+        return cached_sincos_embedding(self._pos_cache, grid_hw, self.mask_token.shape[-1], like)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor,
                 visible: Optional[torch.Tensor] = None) -> torch.Tensor:

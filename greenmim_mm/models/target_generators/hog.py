@@ -91,6 +91,11 @@ class LocalMIMHOGGenerator(HOGGenerator):
         angle.div_(math.pi).mul_(self.nbins).floor_().remainder_(self.nbins)
         return angle.nan_to_num_(0.)
 
+    def prepare(self, img_hw, device) -> None:
+        """Fill the per-size cache for images of ``img_hw`` on ``device`` (the algorithms' host
+        side calls it, so that a compiled step never sees the cache change)."""
+        self._cell_offsets(int(img_hw[0]), int(img_hw[1]), device)
+
     def _cell_offsets(self, height: int, width: int, device) -> torch.Tensor:
         """(H, W) int64: nbins x the raster index of each pixel's cell (cached per size)."""
         key = (height, width, str(device))
