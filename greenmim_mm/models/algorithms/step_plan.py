@@ -8,7 +8,7 @@ can be built while step s runs:
 * :func:`pack_plan` flattens a plan (any nesting of dataclasses, dicts, lists and tuples whose
   leaves are CPU tensors or plain values: it does not need to know the plan's fields) into one
   byte buffer, pinned when the target is a CUDA device: the tensors of one dtype lie back to
-  back in one aligned segment (one ``np.concatenate`` per dtype), and the structure is recorded
+  back in one aligned segment (one ``torch.cat`` per dtype), and the structure is recorded
   once as a small rebuild program;
 * :meth:`PackedPlan.to` moves that buffer with **one** non-blocking copy and rebuilds the same
   structure from views of the device buffer (one dtype view per segment, one ``as_strided``
@@ -31,7 +31,6 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple
 
-import numpy as np
 import torch
 
 _ALIGN = 64  # bytes: every dtype segment starts at a multiple (any dtype's view is aligned)
@@ -104,19 +103,9 @@ def _contiguous_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
 
 
 def _fill(segment: torch.Tensor, tensors: List[torch.Tensor]) -> None:
-    """Copy ``tensors`` (one dtype) back to back into the 1-D ``segment``: one numpy
-    concatenate where numpy has the dtype, else one torch copy per tensor."""
-    try:
-        out = segment.numpy()
-        arrays = [t.detach().numpy().reshape(-1) for t in tensors]
-    except (TypeError, RuntimeError):  # e.g. bfloat16
-        start = 0
-        for t in tensors:
-            segment[start:start + t.numel()].copy_(t.reshape(-1))
-            start += t.numel()
-        return
-    if arrays:
-        np.concatenate(arrays, out=out)
+    """Copy ``tensors`` (one dtype) back to back into the 1-D ``segment`` (one ``cat``)."""
+    if tensors:
+        torch.cat([t.detach().reshape(-1) for t in tensors], out=segment)
 
 
 def _fields(cls) -> Tuple[str, ...]:

@@ -106,9 +106,13 @@ class GreenSwinTransformer(SparseBackboneMixin, StrictPretrainedMixin, SwinTrans
 
     @property
     def mask_unit(self) -> int:
-        """Pixels per mask unit: the stride of the last stage (32 for Swin)."""
-        merges = sum(stage.downsample is not None for stage in self.stages)
-        return self.patch_stride * 2**merges
+        """Pixels per mask unit: the stride of the last stage (32 for Swin); fixed at
+        construction, read once (it is read several times per step by the plan)."""
+        unit = self.__dict__.get('_mask_unit')
+        if unit is None:
+            merges = sum(stage.downsample is not None for stage in self.stages)
+            unit = self.__dict__['_mask_unit'] = self.patch_stride * 2**merges
+        return unit
 
     @property
     def feature_info(self) -> List[Dict]:
