@@ -105,7 +105,8 @@ def _contiguous_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
 def _fill(segment: torch.Tensor, tensors: List[torch.Tensor]) -> None:
     """Copy ``tensors`` (one dtype) back to back into the 1-D ``segment`` (one ``cat``)."""
     if tensors:
-        torch.cat([t.detach().reshape(-1) for t in tensors], out=segment)
+        torch.cat([(t.detach() if t.requires_grad else t).reshape(-1) for t in tensors],
+                  out=segment)
 
 
 def _fields(cls) -> Tuple[str, ...]:
@@ -158,8 +159,13 @@ def _run(node, views: List[torch.Tensor], device, built: dict):
     if op == _REF:
         return built[node[1]]
     _, node_id, kind, obj, children = node
-    if kind == 'dataclass':
-        new = built[node_id] = copy.copy(obj)
+    if kind == 'dataclass':  # a shallow copy (faster than copy.copy where there is a __dict__)
+        if hasattr(obj, '__dict__') and not hasattr(type(obj), '__slots__'):
+            new = object.__new__(type(obj))
+            new.__dict__.update(obj.__dict__)
+        else:
+            new = copy.copy(obj)
+        built[node_id] = new
         for name, child in children:
             object.__setattr__(new, name, _run(child, views, device, built))
     elif kind == 'dict':
