@@ -71,7 +71,8 @@ class GreenMIM(BaseSelfSupervisor):
     is a pure function of (seed, rank, step, image size, device); with ``prefetch_plan`` (default
     True) the plan of the next step is built in a background thread while the current one runs,
     and every plan reaches the device in one non-blocking copy of one (pinned) buffer
-    (``step_plan``). The masks and resume are the same either way.
+    (``step_plan``). The masks and resume are the same either way. A fork (DataLoader workers)
+    waits for a build in flight; the child starts without the parent's prefetch.
     """
 
     def __init__(self, backbone: dict, neck: dict, head: dict, mask_ratio: float = 0.75,

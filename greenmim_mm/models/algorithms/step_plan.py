@@ -25,6 +25,7 @@ is dropped), so the mask sequence and exact resume are unchanged.
 import copy
 import dataclasses
 import functools
+import math
 import os
 import threading
 import weakref
@@ -72,25 +73,33 @@ def pack_plan(plan: Any, device) -> PackedPlan:
     CUDA is available). Tensors are stored contiguous. TypeError for a tensor not on the CPU."""
     tensors: List[torch.Tensor] = []
     program = _flatten(plan, tensors, {})
+    segments, leaves, members, nbytes = _layout(tuple((t.dtype, t.shape) for t in tensors))
+    pin = torch.device(device).type == 'cuda' and torch.cuda.is_available()
+    buffer = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
+    for (dtype, start, stop), group in zip(segments, members):
+        _fill(buffer[start:stop].view(dtype), [tensors[i] for i in group])
+    return PackedPlan(plan, buffer, segments, leaves, program)
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(signature: tuple) -> tuple:
+    """The buffer layout of tensors of ``signature`` ((dtype, shape) per tensor; cached: with
+    static plan shapes every step has the same): (segments [(dtype, start, stop) bytes],
+    leaves [(segment, shape, stride, element offset)], members [tensor indices per segment],
+    total bytes)."""
     by_dtype: Dict[torch.dtype, List[int]] = {}
-    for i, t in enumerate(tensors):
-        by_dtype.setdefault(t.dtype, []).append(i)
-    segments, leaves, off = [], [None] * len(tensors), 0
-    for seg, (dtype, members) in enumerate(by_dtype.items()):
-        size = dtype.itemsize
-        count = 0
-        for i in members:
-            t = tensors[i]
-            leaves[i] = (seg, tuple(t.shape), _contiguous_strides(t.shape),
-                         off // size + count)
-            count += t.numel()
+    for i, (dtype, _) in enumerate(signature):
+        by_dtype.setdefault(dtype, []).append(i)
+    segments, leaves, off = [], [None] * len(signature), 0
+    for seg, (dtype, group) in enumerate(by_dtype.items()):
+        size, count = dtype.itemsize, 0
+        for i in group:
+            shape = tuple(signature[i][1])
+            leaves[i] = (seg, shape, _contiguous_strides(shape), off // size + count)
+            count += math.prod(shape)
         segments.append((dtype, off, off + count * size))
         off += -(-(count * size) // _ALIGN) * _ALIGN
-    pin = torch.device(device).type == 'cuda' and torch.cuda.is_available()
-    buffer = torch.empty(off, dtype=torch.uint8, pin_memory=pin)
-    for (dtype, start, stop), members in zip(segments, by_dtype.values()):
-        _fill(buffer[start:stop].view(dtype), [tensors[i] for i in members])
-    return PackedPlan(plan, buffer, segments, leaves, program)
+    return segments, leaves, list(by_dtype.values()), off
 
 
 @functools.lru_cache(maxsize=1024)
@@ -122,7 +131,7 @@ def _flatten(obj, out: List[torch.Tensor], memo: dict):
     if type(obj) in _ATOMS:
         return (_CONST, obj)
     if isinstance(obj, torch.Tensor):
-        if obj.device.type != 'cpu':
+        if not obj.is_cpu:
             raise TypeError(f'a plan holds host tensors only; got one on {obj.device}')
         out.append(obj)
         return (_TENSOR, len(out) - 1)
