@@ -53,6 +53,19 @@ def test_prefetched_plans_equal_plans_built_on_demand(backend):
         ref = dict(mask=mask, **model.plan_tensors(mask, x.shape[-2:], x.device))
         assert _equal(plan, ref)
         assert all(v.is_contiguous() for v in plan['cells'].values())
+        assert all(t.data_ptr() % 16 == 0 for t in _tensors(plan))   # torch.compile's inputs
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if hasattr(obj, '__dataclass_fields__'):
+        obj = [getattr(obj, f) for f in obj.__dataclass_fields__]
+    elif isinstance(obj, dict):
+        obj = list(obj.values())
+    elif not isinstance(obj, (list, tuple)):
+        return []
+    return [t for child in obj for t in _tensors(child)]
 
 
 def test_packed_views_are_typed_segments_of_one_buffer():
@@ -64,8 +77,9 @@ def test_packed_views_are_typed_segments_of_one_buffer():
     ptr = packed.buffer.data_ptr()
     end = ptr + packed.buffer.numel()
     assert all(ptr <= v.data_ptr() < end for v in back.values())
-    # the int64 tensors lie back to back (one segment per dtype)
-    assert back['d'].data_ptr() == back['a'].data_ptr() + 5 * 8
+    # the int64 tensors lie in one segment (one per dtype), each 16-byte aligned
+    assert back['d'].data_ptr() == back['a'].data_ptr() + 6 * 8
+    assert all(v.data_ptr() % 16 == 0 for v in back.values())
 
 
 def _slow_background_builds(monkeypatch, model, seconds, finished):

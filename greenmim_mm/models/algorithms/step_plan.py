@@ -35,6 +35,9 @@ from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple
 import torch
 
 _ALIGN = 64  # bytes: every dtype segment starts at a multiple (any dtype's view is aligned)
+# bytes: every tensor starts at a multiple (torch.compile's GPU kernels assume 16-byte aligned
+# inputs and copy misaligned ones every call)
+_TENSOR_ALIGN = 16
 
 # Rebuild program nodes: (_TENSOR, leaf index), (_CONST, value), (_MOVE, value),
 # (_REF, node id), (_NODE, node id, kind, template, [(name, child node)]) of the containers.
@@ -73,11 +76,11 @@ def pack_plan(plan: Any, device) -> PackedPlan:
     CUDA is available). Tensors are stored contiguous. TypeError for a tensor not on the CPU."""
     tensors: List[torch.Tensor] = []
     program = _flatten(plan, tensors, {})
-    segments, leaves, members, nbytes = _layout(tuple((t.dtype, t.shape) for t in tensors))
+    segments, leaves, pieces, nbytes = _layout(tuple((t.dtype, t.shape) for t in tensors))
     pin = torch.device(device).type == 'cuda' and torch.cuda.is_available()
     buffer = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
-    for (dtype, start, stop), group in zip(segments, members):
-        _fill(buffer[start:stop].view(dtype), [tensors[i] for i in group])
+    for (dtype, start, stop), recipe in zip(segments, pieces):
+        _fill(buffer[start:stop].view(dtype), tensors, recipe)
     return PackedPlan(plan, buffer, segments, leaves, program)
 
 
@@ -85,21 +88,28 @@ def pack_plan(plan: Any, device) -> PackedPlan:
 def _layout(signature: tuple) -> tuple:
     """The buffer layout of tensors of ``signature`` ((dtype, shape) per tensor; cached: with
     static plan shapes every step has the same): (segments [(dtype, start, stop) bytes],
-    leaves [(segment, shape, stride, element offset)], members [tensor indices per segment],
-    total bytes)."""
+    leaves [(segment, shape, stride, element offset)], pieces [per segment: a tensor index, or
+    -k for k padding elements], total bytes). Every tensor starts ``_TENSOR_ALIGN``-aligned."""
     by_dtype: Dict[torch.dtype, List[int]] = {}
     for i, (dtype, _) in enumerate(signature):
         by_dtype.setdefault(dtype, []).append(i)
-    segments, leaves, off = [], [None] * len(signature), 0
+    segments, leaves, pieces, off = [], [None] * len(signature), [], 0
     for seg, (dtype, group) in enumerate(by_dtype.items()):
-        size, count = dtype.itemsize, 0
+        size, count, recipe = dtype.itemsize, 0, []
+        per = max(1, _TENSOR_ALIGN // size)  # elements per alignment step
         for i in group:
+            pad = -count % per
+            if pad:
+                recipe.append(-pad)
+                count += pad
             shape = tuple(signature[i][1])
             leaves[i] = (seg, shape, _contiguous_strides(shape), off // size + count)
+            recipe.append(i)
             count += math.prod(shape)
         segments.append((dtype, off, off + count * size))
+        pieces.append(recipe)
         off += -(-(count * size) // _ALIGN) * _ALIGN
-    return segments, leaves, list(by_dtype.values()), off
+    return segments, leaves, pieces, off
 
 
 @functools.lru_cache(maxsize=1024)
@@ -111,11 +121,20 @@ def _contiguous_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def _fill(segment: torch.Tensor, tensors: List[torch.Tensor]) -> None:
-    """Copy ``tensors`` (one dtype) back to back into the 1-D ``segment`` (one ``cat``)."""
-    if tensors:
-        torch.cat([(t.detach() if t.requires_grad else t).reshape(-1) for t in tensors],
-                  out=segment)
+def _fill(segment: torch.Tensor, tensors: List[torch.Tensor], recipe: List[int]) -> None:
+    """Copy the tensors of ``recipe`` (one dtype; -k: k padding elements) back to back into
+    the 1-D ``segment`` (one ``cat``)."""
+    parts = [_padding(segment.dtype, -i) if i < 0 else
+             (tensors[i].detach() if tensors[i].requires_grad else tensors[i]).reshape(-1)
+             for i in recipe]
+    if parts:
+        torch.cat(parts, out=segment)
+
+
+@functools.lru_cache(maxsize=256)
+def _padding(dtype: torch.dtype, count: int) -> torch.Tensor:
+    """(count,) zeros of ``dtype`` (cached, only read)."""
+    return torch.zeros(count, dtype=dtype)
 
 
 def _fields(cls) -> Tuple[str, ...]:
