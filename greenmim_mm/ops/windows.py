@@ -276,7 +276,8 @@ def _packed_plan(coords, labels_sorted, order, counts, first, window, shift,
     # rows of one array: slot order (padding N), window id (padding -1), row, col (padding 0)
     slot = np.zeros((4, nb * block), dtype=np.int64)
     slot[0], slot[1] = n, -1
-    slot[:, pos] = np.stack([order, labels_sorted, coords[order, 0], coords[order, 1]])
+    slot[0, pos], slot[1, pos] = order, labels_sorted
+    slot[2:, pos] = coords[order].T
     inverse = np.empty(n, dtype=np.int64)
     inverse[order] = pos
     kv = _block_index(win_blocks, first_block, counts % block == 0, nb)
@@ -295,21 +296,26 @@ def _block_index(win_blocks: np.ndarray, first_block: np.ndarray, last_full: np.
     used = int(win_blocks.sum())
     window = np.repeat(np.arange(len(win_blocks)), win_blocks)   # window of every used block
     start, size = first_block[window], win_blocks[window]
-    n_full = size - (~last_full[window]).astype(np.int64)
-    is_full = np.arange(used) - start < n_full                    # the block is wholly filled
-    names = ('full_kv', 'kv', 'full_q', 'q')
-    first = np.stack([start, start + n_full, start, start])              # (4, used)
-    count = np.stack([n_full, size - n_full, np.where(is_full, size, 0),
-                      np.where(is_full, 0, size)])
+    n_full = size - ~last_full[window]                            # full blocks of the window
+    partial = np.arange(used) - start >= n_full                   # the block is partly filled
+    # (4, used): first block and number of blocks of every row, names in this order
+    first = np.empty((4, used), dtype=np.int64)
+    first[:] = start
+    first[1] += n_full
+    count = np.empty((4, used), dtype=np.int64)
+    count[0], count[1] = n_full, size - n_full
+    count[2], count[3] = size, size
+    count[2, partial] = 0
+    count[3, ~partial] = 0
     col = np.arange(int(win_blocks.max()))                     # a window's blocks at most
     num = np.zeros((4, 1, 1, nb), dtype=np.int32)
     num[:, 0, 0, :used] = count
     idx = np.zeros((4, 1, 1, nb, nb), dtype=np.int32)
-    idx[:, 0, 0, :used, :len(col)] = np.where(col < count[..., None], first[..., None] + col, 0)
-    arrays = {}
-    for i, name in enumerate(names):
-        arrays[f'{name}_num_blocks'], arrays[f'{name}_indices'] = num[i], idx[i]
-    return arrays
+    rows = first[..., None] + col
+    rows[col >= count[..., None]] = 0
+    idx[:, 0, 0, :used, :len(col)] = rows
+    return {f'{name}_{kind}': array[i] for i, name in enumerate(('full_kv', 'kv', 'full_q', 'q'))
+            for kind, array in (('num_blocks', num), ('indices', idx))}
 
 
 def relative_position_index(q_coords, k_coords, window: int):
