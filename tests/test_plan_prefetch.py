@@ -10,6 +10,7 @@ import multiprocessing
 import threading
 import time
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -134,3 +135,23 @@ def test_prefetcher_does_not_keep_a_model_alive():
     del model
     gc.collect()
     assert ref() is None
+
+
+def test_benchmark_tool_times_the_whole_plan_and_plan_step(load_tool, monkeypatch, capsys):
+    """tools/benchmark_grouping.py --plan-only's whole-plan section runs build_plan and
+    plan_step (prefetched) of GreenMIM Swin-B for both layouts and prints one row each."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / 'tools'))  # its _light
+    tool = load_tool('benchmark_grouping')
+    calls = []
+    orig = tool.swin_b_greenmim
+
+    def counted(img_size, ratio, backend):
+        model = orig(img_size, ratio, backend)
+        calls.append((backend, model.backbone.attention_backend(None, 0.0)))
+        return model
+    monkeypatch.setattr(tool, 'swin_b_greenmim', counted)
+    tool.print_whole_plan(type('Args', (), dict(masks=2, ratio=0.75, img_size=224)))
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert calls == [('sdpa', 'sdpa'), ('flex', 'flex')]
+    assert [r[:2] for r in rows] == [['sdpa', 'padded'], ['flex', 'packed']]
+    assert all(float(v) > 0 for r in rows for v in (r[3], r[4], r[6], r[7]))
