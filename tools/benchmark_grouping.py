@@ -16,12 +16,19 @@ shift 0 and w//2) and random 7x7 unit masks, prints:
   and every window plan of Swin-B, window 7) per grouping policy and layout
   (padded: SDPA, packed: FlexAttention), median / p90 ms of this thread's CPU
   time (so that other processes on a busy machine do not count), and the
-  number of distinct plan shapes over the masks ('static' must give one).
+  number of distinct plan shapes over the masks ('static' must give one);
+* the whole step plan of GreenMIM Swin-B (``GreenMIM.build_plan``, what the prefetch thread
+  runs per step: mask, geometry, decoder cells, packing into one buffer) per attention backend
+  (sdpa: padded layout, flex: packed layout), median thread CPU ms and wall ms; and the main
+  thread's cost of ``GreenMIM.plan_step`` when the plan was prefetched (take it, one copy of
+  the buffer, the views, start the next build), median thread CPU ms and wall ms. Built and
+  moved for the CPU here (on CUDA the buffer is pinned and the copy is non-blocking).
 
 Usage: python tools/benchmark_grouping.py [--masks 200] [--seed 0]
        python tools/benchmark_grouping.py --plan-only [--img-size 192]
 """
 import argparse
+import os.path as osp
 import time
 
 import numpy as np
@@ -135,6 +142,69 @@ def print_plans(args):
         print(f'{policy:>8s} {layout:>7s} {med:7.2f} {p90:6.2f} {shapes:6d}')
 
 
+def swin_b_greenmim(img_size, ratio, backend):
+    """GreenMIM Swin-B (window 7, or 6 below 224 px) of the w7 pre-training config, no init."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    import greenmim_mm  # noqa: F401  (registers the models)
+    from greenmim_mm.registry import MODELS
+    init_default_scope('greenmim_mm')
+    cfg = Config.fromfile(osp.join(osp.dirname(osp.abspath(__file__)), '..', 'configs',
+                                   'pretrain', 'greenmim_swin-base-w7_8xb256-amp-800e_in1k-'
+                                   '224px.py'))
+    cfg.model.update(mask_ratio=ratio, mask_seed=0, init_cfg=None)
+    cfg.model.backbone.update(img_size=img_size, attn_backend=backend,
+                              window_size=7 if img_size % 224 == 0 else 6)
+    return MODELS.build(cfg.model).train()
+
+
+def _wait_prefetch(model):
+    pending = model._prefetcher._pending
+    if pending is not None:
+        pending[1].result()
+
+
+def bench_whole_plan(n_masks, ratio, img_size, backend):
+    """(build_plan CPU ms, wall ms, plan_step CPU ms, wall ms): medians over ``n_masks`` steps.
+    ``build_plan`` runs in this thread; ``plan_step`` is timed with the step's plan prefetched
+    (the previous step's build waited for, outside the timing)."""
+    import torch
+    model = swin_b_greenmim(img_size, ratio, backend)
+    device, shape = torch.device('cpu'), (img_size, img_size)
+    for step in range(3):  # warm-up: budgets and caches
+        model.build_plan((step, shape, device, True, 0, 0))
+    build_cpu, build_wall = [], []
+    for step in range(n_masks):
+        cpu, wall = time.thread_time(), time.perf_counter()
+        model.build_plan((step, shape, device, True, 0, 0))
+        build_cpu.append(time.thread_time() - cpu)
+        build_wall.append(time.perf_counter() - wall)
+    img = torch.zeros(1, 3, img_size, img_size)
+    model.plan_step(img)
+    step_cpu, step_wall = [], []
+    for _ in range(n_masks):
+        _wait_prefetch(model)
+        cpu, wall = time.thread_time(), time.perf_counter()
+        model.plan_step(img)
+        step_cpu.append(time.thread_time() - cpu)
+        step_wall.append(time.perf_counter() - wall)
+    _wait_prefetch(model)
+    return tuple(1e3 * np.median(v) for v in (build_cpu, build_wall, step_cpu, step_wall))
+
+
+def print_whole_plan(args):
+    print(f'Whole step plan (GreenMIM.build_plan) and main-thread plan_step (prefetched), '
+          f'Swin-B {args.img_size} px, ratio {args.ratio}, {args.masks} steps: median ms')
+    print(f'{"backend":>7s} {"layout":>7s} | {"build cpu":>9s} {"wall":>6s} | '
+          f'{"plan_step cpu":>13s} {"wall":>6s}')
+    for backend, layout in (('sdpa', 'padded'), ('flex', 'packed')):
+        b_cpu, b_wall, s_cpu, s_wall = bench_whole_plan(args.masks, args.ratio, args.img_size,
+                                                        backend)
+        print(f'{backend:>7s} {layout:>7s} | {b_cpu:9.2f} {b_wall:6.2f} | {s_cpu:13.3f} '
+              f'{s_wall:6.3f}')
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--masks', type=int, default=200,
@@ -146,9 +216,11 @@ def main():
     parser.add_argument('--img-size', type=int, default=224,
                         help='image size of the per-step plan section')
     parser.add_argument('--plan-only', action='store_true',
-                        help='only the per-step plan section')
+                        help='only the per-step plan sections (geometry per policy and '
+                        'layout; the whole build_plan and plan_step of GreenMIM Swin-B)')
     args = parser.parse_args()
     print_plans(args)
+    print_whole_plan(args)
     if args.plan_only:
         return
     masks = random_masks(args.masks, args.ratio, args.seed)

@@ -65,9 +65,10 @@ def visible_coords(token_mask: np.ndarray) -> np.ndarray:
 
 def index_map(coords: np.ndarray, hw: Sequence[int]) -> np.ndarray:
     """(H, W) int64 map: the index in ``coords`` of each visible position, -1 elsewhere."""
-    out = np.full((int(hw[0]), int(hw[1])), -1, dtype=np.int64)
-    out[coords[:, 0], coords[:, 1]] = np.arange(len(coords))
-    return out
+    h, w = int(hw[0]), int(hw[1])
+    out = np.full(h * w, -1, dtype=np.int64)
+    out[coords[:, 0] * w + coords[:, 1]] = np.arange(len(coords))
+    return out.reshape(h, w)
 
 
 def child_index(coords: np.ndarray, hw: Sequence[int], k: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -82,13 +83,13 @@ def child_index(coords: np.ndarray, hw: Sequence[int], k: int) -> Tuple[np.ndarr
     if h % k or w % k:
         raise ValueError(f'a {h}x{w} stage grid cannot be split into {k}x{k} blocks')
     blocks = index_map(coords, hw).reshape(h // k, k, w // k, k).transpose(0, 2, 1, 3)
-    blocks = blocks.reshape(h // k, w // k, k * k)
-    visible = blocks >= 0
-    if not np.all(visible.all(-1) == visible.any(-1)):
+    keep = blocks[:, :, 0, 0] >= 0  # blocks whose first token is visible
+    children = blocks[keep].reshape(-1, k * k)
+    # no block mixes: the kept blocks are wholly visible and hold every visible token
+    if len(children) * k * k != len(coords) or (children < 0).any():
         raise ValueError(f'a {k}x{k} block mixes visible and masked tokens; the mask must be '
                          'given in whole mask units')
-    keep = visible.all(-1)
-    return np.argwhere(keep).astype(np.int64), blocks[keep]
+    return np.argwhere(keep).astype(np.int64), children
 
 
 def neighbour_index(coords: np.ndarray, hw: Sequence[int], kernel: int = 3) -> np.ndarray:

@@ -41,7 +41,7 @@ __all__ = [
     'algorithm1_grouping', 'group_cost', 'grouping_cost', 'knapsack_subset',
     'first_fit_bound', 'optimal_grouping', 'packed_block_budget',
     'repeated_knapsack', 'static_budget',
-    'static_grouping', 'window_counts'
+    'static_grouping', 'static_slot_starts', 'window_counts'
 ]
 
 Groups = List[List[int]]
@@ -627,11 +627,43 @@ def static_grouping(counts: Sequence[int], budget: Tuple[int, int]) -> Groups:
     (impossible for a mask the budget was computed for, see
     :func:`static_budget`).
     """
+    groups = _static_first_fit(counts, budget)[0]
+    return groups + [[] for _ in range(budget[0] - len(groups))]
+
+
+def static_slot_starts(counts: Sequence[int], budget: Tuple[int, int]) -> List[int]:
+    """The first slot (in the flat ``G*g`` layout) of every window of :func:`static_grouping`'s
+    packing: group i's windows follow each other from slot ``i*g`` in the group's order.
+    RuntimeError as :func:`static_grouping`."""
+    return _static_first_fit(counts, budget)[1]
+
+
+def _static_first_fit(counts: Sequence[int],
+                      budget: Tuple[int, int]) -> Tuple[Groups, List[int]]:
+    """(groups, first slot of every window): first-fit decreasing of ``counts`` (ties in
+    window order) into ``budget`` (see :func:`static_grouping`)."""
     n_groups, g = budget
-    order = sorted(range(len(counts)), key=lambda i: -counts[i])
-    bins = _first_fit_decreasing([counts[i] for i in order], g)
-    if len(bins) > n_groups or (counts and max(counts) > g):
-        raise RuntimeError(f'window counts (max {max(counts)}, sum {sum(counts)}) do not fit '
-                           f'the static budget of {n_groups} groups of {g}')
-    groups = [[order[p] for p in b] for b in bins]
-    return groups + [[] for _ in range(n_groups - len(groups))]
+    counts = list(counts)
+    loads: List[int] = []
+    groups: Groups = []
+    starts = [0] * len(counts)
+    room = g - min(counts, default=0)  # a bin loaded beyond this takes no window any more
+    lo = 0  # bins before lo are such full bins: skipped (same first fit, fewer tests)
+    for w in sorted(range(len(counts)), key=counts.__getitem__, reverse=True):  # stable
+        size = counts[w]
+        while lo < len(loads) and loads[lo] > room:
+            lo += 1
+        for b in range(lo, len(loads)):
+            if loads[b] + size <= g:
+                break
+        else:
+            b = len(loads)
+            if b >= n_groups or size > g:
+                raise RuntimeError(f'window counts (max {max(counts)}, sum {sum(counts)}) do '
+                                   f'not fit the static budget of {n_groups} groups of {g}')
+            loads.append(0)
+            groups.append([])
+        starts[w] = b * g + loads[b]
+        loads[b] += size
+        groups[b].append(w)
+    return groups, starts

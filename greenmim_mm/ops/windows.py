@@ -15,6 +15,7 @@ Relative position bias index of a query/key pair in one window (same formula as 
 ``relative_position_index``): ``(dr + w - 1) * (2w - 1) + (dc + w - 1)`` with ``(dr, dc)`` the
 coordinate difference query - key.
 """
+import functools
 from dataclasses import dataclass, fields
 from typing import List, Optional, Sequence, Tuple
 
@@ -23,7 +24,7 @@ import torch
 
 from .geometry import StageGeometry, child_index, visible_coords
 from .grouping import (optimal_grouping, packed_block_budget, static_budget,
-                       static_grouping)
+                       static_grouping, static_slot_starts)
 
 GROUPING_POLICIES = ('static', 'optimal', 'window', 'single')
 
@@ -175,12 +176,36 @@ def layout_for_backend(backend: str) -> str:
     return 'packed' if backend == 'flex' else 'padded'
 
 
-def _slot_positions(labels_sorted: np.ndarray, counts: np.ndarray,
-                    window_start: np.ndarray) -> np.ndarray:
-    """Slot of every window-sorted token: its window's first slot + its rank in the window."""
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank = np.arange(len(labels_sorted)) - starts[labels_sorted]
-    return window_start[labels_sorted] + rank
+@functools.lru_cache(maxsize=256)
+def _window_keys(hw: Tuple[int, int], window: int, shift: int) -> Tuple[np.ndarray, int]:
+    """(H*W,) window of every position of a grid ``hw`` in raster order of the windows
+    (read-only, cached: the same for every mask) and the number of windows."""
+    off = (window - shift) % window
+    rows = (np.arange(hw[0]) + off) // window
+    cols = (np.arange(hw[1]) + off) // window
+    n_cols = int(cols[-1]) + 1
+    keys = (rows[:, None] * n_cols + cols[None, :]).ravel()
+    keys.flags.writeable = False
+    return keys, (int(rows[-1]) + 1) * n_cols
+
+
+@functools.lru_cache(maxsize=64)
+def _padding_labels(size: int) -> np.ndarray:
+    """-1 - arange(size), read-only (cached): a padding slot's window label of its own."""
+    out = -1 - np.arange(size)
+    out.flags.writeable = False
+    return out
+
+
+def _labels_and_counts(coords: np.ndarray, hw: Tuple[int, int], window: int,
+                       shift: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(labels (N,), counts) of :func:`window_labels` and the tokens of every non-empty window,
+    from the grid's cached window table (``hw`` covers every coordinate)."""
+    keys, n_windows = _window_keys(hw, window, shift)
+    key = keys[coords[:, 0] * hw[1] + coords[:, 1]]
+    counts = np.bincount(key, minlength=n_windows)
+    present = counts > 0
+    return (np.cumsum(present) - 1)[key], counts[present]
 
 
 def build_window_plan(coords: np.ndarray, window: int, shift: int, channels: int,
@@ -195,25 +220,34 @@ def build_window_plan(coords: np.ndarray, window: int, shift: int, channels: int
     """
     if layout not in LAYOUTS:
         raise ValueError(f'layout must be one of {LAYOUTS}; got {layout!r}')
-    labels = window_labels(coords, window, shift)
-    order = np.argsort(labels, kind='stable')
-    counts = np.bincount(labels)
-    if layout == 'packed':
-        return _packed_plan(coords, labels, order, counts, window, shift, units)
     n = len(coords)
-    g, groups = choose_groups(counts.tolist(), channels, grouping, units, window, shift)
-    window_start = np.zeros(len(counts), dtype=np.int64)
-    sizes = counts.tolist()
-    for gi, group in enumerate(groups):
-        pos = gi * g
-        for w in group:
-            window_start[w] = pos
-            pos += sizes[w]
+    if not n:
+        raise ValueError('a window plan needs at least one visible token')
+    hw = units.hw if units is not None else (int(coords[:, 0].max()) + 1,
+                                             int(coords[:, 1].max()) + 1)
+    labels, counts = _labels_and_counts(coords, hw, window, shift)
+    order = np.argsort(labels, kind='stable')
     labels_sorted = labels[order]
-    pos = _slot_positions(labels_sorted, counts, window_start)
-    slots = np.full(len(groups) * g, n, dtype=np.int64)
+    first = np.cumsum(counts) - counts  # first window-sorted token of every window
+    if layout == 'packed':
+        return _packed_plan(coords, labels_sorted, order, counts, first, window, shift, units)
+    sizes = counts.tolist()
+    if grouping == 'static' and units is not None:
+        n_groups, g = static_budget(units.units_hw, units.tokens, window, shift, units.visible)
+        window_start = static_slot_starts(sizes, (n_groups, g))
+    else:
+        g, groups = choose_groups(sizes, channels, grouping, units, window, shift)
+        n_groups, window_start = len(groups), [0] * len(sizes)
+        for gi, group in enumerate(groups):
+            pos = gi * g
+            for w in group:
+                window_start[w] = pos
+                pos += sizes[w]
+    # slot of every window-sorted token: its window's first slot + its rank in the window
+    pos = np.arange(n) + (np.asarray(window_start) - first)[labels_sorted]
+    slots = np.full(n_groups * g, n, dtype=np.int64)
     slots[pos] = order
-    slot_label = -1 - np.arange(len(groups) * g)  # padding: a negative label of its own
+    slot_label = _padding_labels(n_groups * g).copy()  # padding: a negative label of its own
     slot_label[pos] = labels_sorted
     inverse = np.empty(n, dtype=np.int64)
     inverse[order] = pos
@@ -224,25 +258,26 @@ def build_window_plan(coords: np.ndarray, window: int, shift: int, channels: int
                       slot_window=t(slot_label.reshape(-1, g)), slot_code=t(code))
 
 
-def _packed_plan(coords, labels, order, counts, window, shift,
+def _packed_plan(coords, labels_sorted, order, counts, first, window, shift,
                  units: Optional[StageUnits], block: int = FLEX_BLOCK) -> WindowPlan:
     """The packed layout (see ``WindowPlan``): windows at block boundaries, the BlockMask's
     index arrays built here on the host, one sequence of ``packed_block_budget`` blocks (or just
-    enough blocks without ``units``)."""
+    enough blocks without ``units``). ``labels_sorted``: window of every window-sorted token
+    (``order``), ``first``: every window's first window-sorted token."""
     n = len(coords)
     win_blocks = -(-counts // block)
-    first_block = np.concatenate([[0], np.cumsum(win_blocks)[:-1]])
+    first_block = np.cumsum(win_blocks) - win_blocks
     used = int(win_blocks.sum())
     nb = used if units is None else packed_block_budget(
         units.units_hw, units.tokens, window, shift, units.visible, block)
     if used > nb:
         raise RuntimeError(f'{used} blocks exceed the packed budget of {nb}')
-    labels_sorted = labels[order]
-    pos = _slot_positions(labels_sorted, counts, first_block * block)
+    pos = np.arange(n) + (first_block * block - first)[labels_sorted]
     # rows of one array: slot order (padding N), window id (padding -1), row, col (padding 0)
     slot = np.zeros((4, nb * block), dtype=np.int64)
     slot[0], slot[1] = n, -1
-    slot[:, pos] = np.stack([order, labels_sorted, coords[order, 0], coords[order, 1]])
+    slot[0, pos], slot[1, pos] = order, labels_sorted
+    slot[2:, pos] = coords[order].T
     inverse = np.empty(n, dtype=np.int64)
     inverse[order] = pos
     kv = _block_index(win_blocks, first_block, counts % block == 0, nb)
@@ -261,21 +296,26 @@ def _block_index(win_blocks: np.ndarray, first_block: np.ndarray, last_full: np.
     used = int(win_blocks.sum())
     window = np.repeat(np.arange(len(win_blocks)), win_blocks)   # window of every used block
     start, size = first_block[window], win_blocks[window]
-    n_full = size - (~last_full[window]).astype(np.int64)
-    is_full = np.arange(used) - start < n_full                    # the block is wholly filled
-    names = ('full_kv', 'kv', 'full_q', 'q')
-    first = np.stack([start, start + n_full, start, start])              # (4, used)
-    count = np.stack([n_full, size - n_full, np.where(is_full, size, 0),
-                      np.where(is_full, 0, size)])
+    n_full = size - ~last_full[window]                            # full blocks of the window
+    partial = np.arange(used) - start >= n_full                   # the block is partly filled
+    # (4, used): first block and number of blocks of every row, names in this order
+    first = np.empty((4, used), dtype=np.int64)
+    first[:] = start
+    first[1] += n_full
+    count = np.empty((4, used), dtype=np.int64)
+    count[0], count[1] = n_full, size - n_full
+    count[2], count[3] = size, size
+    count[2, partial] = 0
+    count[3, ~partial] = 0
     col = np.arange(int(win_blocks.max()))                     # a window's blocks at most
     num = np.zeros((4, 1, 1, nb), dtype=np.int32)
     num[:, 0, 0, :used] = count
     idx = np.zeros((4, 1, 1, nb, nb), dtype=np.int32)
-    idx[:, 0, 0, :used, :len(col)] = np.where(col < count[..., None], first[..., None] + col, 0)
-    arrays = {}
-    for i, name in enumerate(names):
-        arrays[f'{name}_num_blocks'], arrays[f'{name}_indices'] = num[i], idx[i]
-    return arrays
+    rows = first[..., None] + col
+    rows[col >= count[..., None]] = 0
+    idx[:, 0, 0, :used, :len(col)] = rows
+    return {f'{name}_{kind}': array[i] for i, name in enumerate(('full_kv', 'kv', 'full_q', 'q'))
+            for kind, array in (('num_blocks', num), ('indices', idx))}
 
 
 def relative_position_index(q_coords, k_coords, window: int):

@@ -71,7 +71,8 @@ class GreenMIM(BaseSelfSupervisor):
     is a pure function of (seed, rank, step, image size, device); with ``prefetch_plan`` (default
     True) the plan of the next step is built in a background thread while the current one runs,
     and every plan reaches the device in one non-blocking copy of one (pinned) buffer
-    (``step_plan``). The masks and resume are the same either way.
+    (``step_plan``). The masks and resume are the same either way. A fork (DataLoader workers)
+    waits for a build in flight; the child starts without the parent's prefetch.
     """
 
     def __init__(self, backbone: dict, neck: dict, head: dict, mask_ratio: float = 0.75,
@@ -150,14 +151,26 @@ class GreenMIM(BaseSelfSupervisor):
     def take_plan(self, img: torch.Tensor) -> Tuple[torch.Tensor, dict]:
         """This step's (host mask, plan on ``img``'s device); advances the step and, with
         ``prefetch_plan``, starts building the next step's plan."""
+        mask, plan, next_key = self._take_plan(img)
+        self._prefetch(next_key)
+        return mask, plan
+
+    def _take_plan(self, img: torch.Tensor) -> Tuple[torch.Tensor, dict, Optional[tuple]]:
+        """:meth:`take_plan` without starting the prefetch: (host mask, device plan, the key of
+        the next step's plan or None without ``prefetch_plan``)."""
         if self.base_seed is None:
             self.base_seed = int(torch.initial_seed())
         key = (self._step, self.plan_shape(img), img.device, self.training, self.base_seed,
                get_rank())
-        next_key = (key[0] + 1, ) + key[1:] if self.prefetch_plan else None
-        packed = self._prefetcher.get(key, self.build_plan, next_key)
+        packed = self._prefetcher.take(key, self.build_plan)
         self._advance()
-        return packed.host['mask'], packed.to(img.device)
+        next_key = (key[0] + 1, ) + key[1:] if self.prefetch_plan else None
+        return packed.host['mask'], packed.to(img.device), next_key
+
+    def _prefetch(self, next_key: Optional[tuple]) -> None:
+        """Start building the plan of ``next_key`` in the background (None: nothing)."""
+        if next_key is not None:
+            self._prefetcher.start(next_key, self.build_plan)
 
     # ------------------------------------------------------------------ forward paths
     def extract_feat(self, inputs: torch.Tensor) -> Tuple[torch.Tensor, ...]:
@@ -195,9 +208,10 @@ class GreenMIM(BaseSelfSupervisor):
         step's host mask and its plan on ``img``'s device, prefetched). Also fills the decoder's
         position-embedding cache for the grid here, so a compiled step never sees the cache
         change."""
-        mask, plan = self.take_plan(img)
+        mask, plan, next_key = self._take_plan(img)
         if hasattr(self.neck, 'pos_embed'):
             self.neck.pos_embed(tuple(mask.shape), torch.empty(0, device=img.device))
+        self._prefetch(next_key)  # last: the build does not hold up this thread's host work
         return mask, plan
 
     def masked_loss(self, img: torch.Tensor, mask: torch.Tensor, geometry,

@@ -156,7 +156,7 @@ class LocalMIM(GreenMIM):
         decoder's position cache and every target generator's cache (``prepare``, e.g. HOG's
         cell offsets) filled for this step's sizes, so a compiled step never sees a cache
         change (nor copies positions to the device)."""
-        mask, plan = self.take_plan(img)
+        mask, plan, next_key = self._take_plan(img)
         like = torch.empty(0, device=img.device)
         for neck, grid in zip(self.neck, self.decoder_grids(mask, plan)):
             if hasattr(neck, 'pos_embed'):
@@ -165,6 +165,7 @@ class LocalMIM(GreenMIM):
             prepare = getattr(getattr(head, 'target_generator', None), 'prepare', None)
             if prepare is not None:
                 prepare(img.shape[-2:], img.device)
+        self._prefetch(next_key)  # last, as in GreenMIM.plan_step
         return mask, plan
 
     def decoder_grids(self, mask: torch.Tensor, plan: dict) -> List[Tuple[int, int]]:
