@@ -83,12 +83,12 @@ def test_plan_step_is_outside_an_outer_compile():
     counter = CompileCounter()
     model = build_swin()
     calls = []
-    take = model.take_plan
+    take = model._take_plan
 
     def spy(img):
         calls.append(torch.compiler.is_compiling())
         return take(img)
-    model.take_plan = spy
+    model._take_plan = spy
     loss = torch.compile(model.loss, backend=counter)
     x = torch.randn(2, 3, 128, 128)
     for _ in range(4):

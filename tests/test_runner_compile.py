@@ -61,12 +61,12 @@ def test_runner_compile_keeps_the_plan_outside_and_the_eager_losses(demo_data_fa
                                                                      monkeypatch):
     data = demo_data_factory('runner_compile', train_per_class=1, val_per_class=1)
     tracing = []
-    take = GreenMIM.take_plan
+    take = GreenMIM._take_plan
 
     def spy(self, img):
         tracing.append(torch.compiler.is_compiling())
         return take(self, img)
-    monkeypatch.setattr(GreenMIM, 'take_plan', spy)
+    monkeypatch.setattr(GreenMIM, '_take_plan', spy)
     torch._dynamo.reset()
     from torch._dynamo.utils import counters
     counters.clear()
