@@ -79,7 +79,7 @@ def main(args):
 
 def run(args):
     """:func:`main` with the known failures as one error line (``SystemExit``)."""
-    from greenmim_mm.checkpoint_loading import CheckpointLoadError
+    from greenmim_mm.checkpoint.loading import CheckpointLoadError
     try:
         return main(args)
     except (CheckpointLoadError, FileNotFoundError) as err:

@@ -2,8 +2,8 @@
 
 ``import greenmim_mm`` imports torch and the OpenMMLab stack (10-40 s on a loaded CPU machine).
 The tools load this one file on its own (``tools/_light.py``) to answer ``--help`` and refuse bad
-arguments before that import; the package uses the same functions (``greenmim_mm.launch``,
-``greenmim_mm.visualization``), so both parse alike. Nothing here may import outside the standard
+arguments before that import; the package uses the same functions (``greenmim_mm.apis.launch``,
+``greenmim_mm.apis.visualization``), so both parse alike. Nothing here may import outside the standard
 library.
 """
 import argparse

@@ -161,7 +161,7 @@ def known_user_errors() -> tuple:
     (``CheckpointLoadError``, ``PretrainedLoadError``, ``CheckpointMismatchError``), another live
     run in the work dir (``WorkDirBusyError``), a model config that cannot train
     (``ModelConfigError``: e.g. a decoder's ``in_channels`` not its backbone output's width)."""
-    from greenmim_mm.checkpoint_loading import CheckpointLoadError
+    from greenmim_mm.checkpoint.loading import CheckpointLoadError
     from greenmim_mm.engine.work_dir_lock import WorkDirBusyError
     from greenmim_mm.models.algorithms.greenmim import ModelConfigError
     return FileNotFoundError, CheckpointLoadError, ModelConfigError, WorkDirBusyError

@@ -1,0 +1,194 @@
+"""The package layout (docs/design.md, "Package layout"): the checkpoint, converter and tool-support
+subpackages import one another one way only, each checkpoint/converter module imports on its own
+in a fresh interpreter, and no file names a module path the re-layout removed."""
+import ast
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / 'greenmim_mm'
+SUBPACKAGES = ('checkpoint', 'converters', 'apis')
+# module paths moved by the re-layout (pre-1.0: no aliases are kept; docs/development.md)
+OLD_MODULES = ('checkpoint_format', 'checkpoint_loading', 'checkpoint_numpy', 'checkpoint_scan',
+               'fileio', 'launch', 'cli_args', 'visualization', 'localmim_visualization')
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix('').parts
+    return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
+
+
+def imported_modules(path: Path) -> set:
+    """Every greenmim_mm module ``path`` imports, at any depth of the file (function-level lazy
+    imports included), relative imports resolved; ``from P import name`` counts as P.name when
+    that is a module, else as P."""
+    me = module_name(path)
+    package = me if path.name == '__init__.py' else me.rpartition('.')[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ''
+            if node.level:
+                anchor = package.split('.')
+                anchor = anchor[:len(anchor) - (node.level - 1)]
+                base = '.'.join(anchor + ([base] if base else []))
+            for alias in node.names:
+                sub = f'{base}.{alias.name}'
+                found.add(sub if module_path(sub) else base)
+    return {m for m in found if m.split('.')[0] == 'greenmim_mm'}
+
+
+def module_path(name: str):
+    """The file of module ``name`` in this checkout, None if it is not one."""
+    base = REPO.joinpath(*name.split('.'))
+    for candidate in (base.with_suffix('.py'), base / '__init__.py'):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def graph_of(subpackage: str) -> dict:
+    """module -> the modules of the same subpackage it imports (itself excluded)."""
+    files = sorted((PACKAGE / subpackage).glob('*.py'))
+    names = {module_name(f) for f in files}
+    return {module_name(f): sorted((imported_modules(f) & names) - {module_name(f)})
+            for f in files}
+
+
+def find_cycle(graph: dict):
+    """A list of modules forming a cycle, or None (depth-first search, three colours)."""
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = 'open'
+        stack.append(node)
+        for nxt in graph.get(node, ()):
+            if state.get(nxt) == 'open':
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                cycle = visit(nxt)
+                if cycle:
+                    return cycle
+        state[node] = 'done'
+        stack.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = visit(node)
+            if cycle:
+                return cycle
+    return None
+
+
+def test_find_cycle_finds_a_function_level_cycle(tmp_path):
+    """The graph walker sees lazy imports inside functions (the old checkpoint_format <->
+    checkpoint_loading cycle was one) and the cycle search reports them."""
+    a = tmp_path / 'a.py'
+    a.write_text('def f():\n    from .b import x\n')
+    tree = ast.parse(a.read_text())
+    lazy = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert lazy and lazy[0].module == 'b' and lazy[0].level == 1
+    assert find_cycle({'a': ['b'], 'b': ['a']}) == ['a', 'b', 'a']
+    assert find_cycle({'a': ['b'], 'b': ['c'], 'c': []}) is None
+
+
+def test_graph_sees_the_checkpoint_dependencies():
+    graph = graph_of('checkpoint')
+    assert graph['greenmim_mm.checkpoint.loading'] == [
+        'greenmim_mm.checkpoint.numpy_values', 'greenmim_mm.checkpoint.plain_format',
+        'greenmim_mm.checkpoint.scan']
+    assert 'greenmim_mm.checkpoint.loading' in graph['greenmim_mm.checkpoint.upgrade']
+
+
+@pytest.mark.parametrize('subpackage', SUBPACKAGES)
+def test_subpackage_imports_are_acyclic(subpackage):
+    graph = graph_of(subpackage)
+    assert len(graph) >= 4, graph
+    assert find_cycle(graph) is None, f'import cycle: {" -> ".join(find_cycle(graph))}'
+
+
+def test_checkpoint_subpackage_depends_on_nothing_else_in_the_package():
+    """The safe loader sits at the bottom: models, engine, converters and tools import it, it
+    imports none of them."""
+    for path in (PACKAGE / 'checkpoint').glob('*.py'):
+        outside = {m for m in imported_modules(path)
+                   if not m.startswith('greenmim_mm.checkpoint')}
+        assert not outside, f'{path.name} imports {sorted(outside)}'
+
+
+def test_no_cycle_between_the_checkpoint_or_converters_and_the_rest():
+    """Between the package's parts too (``greenmim_mm.<part>``): e.g. converters -> checkpoint,
+    engine -> checkpoint, never back."""
+    def part(module):
+        return '.'.join(module.split('.')[:2])
+
+    graph = {}
+    for path in PACKAGE.rglob('*.py'):
+        if '.mim' not in path.parts:
+            me = part(module_name(path))
+            graph.setdefault(me, set()).update(
+                part(m) for m in imported_modules(path) if part(m) not in (me, 'greenmim_mm'))
+    for start in ('greenmim_mm.checkpoint', 'greenmim_mm.converters'):
+        seen, todo = set(), list(graph[start])
+        while todo:
+            node = todo.pop()
+            if node not in seen:
+                seen.add(node)
+                todo += graph.get(node, ())
+        assert start not in seen, f'{start} imports a part that imports it back'
+
+
+ISOLATED = """
+import importlib, sys, types
+for name in ('greenmim_mm', 'greenmim_mm.{sub}'):  # stand-ins: their __init__ does not run
+    stub = types.ModuleType(name)
+    stub.__path__ = [{root!r} + '/' + name.replace('.', '/')]
+    sys.modules[name] = stub
+module = importlib.import_module('greenmim_mm.{sub}.{name}')
+print(sorted(m for m in sys.modules if m.startswith('greenmim_mm.')))
+"""
+
+
+@pytest.mark.parametrize('subpackage, name', [
+    (sub, path.stem) for sub in ('checkpoint', 'converters')
+    for path in sorted((PACKAGE / sub).glob('*.py')) if path.name != '__init__.py'])
+def test_module_imports_alone_in_a_fresh_interpreter(subpackage, name):
+    """Each module imported first and alone (neither greenmim_mm's nor its subpackage's
+    ``__init__`` runs before it): an import-order cycle fails here with a partially initialised
+    module; the modules it pulled in are exactly what its own imports name, transitively."""
+    code = ISOLATED.format(sub=subpackage, name=name, root=str(REPO))
+    run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert run.returncode == 0, run.stderr[-3000:]
+    loaded = set(eval(run.stdout.strip().splitlines()[-1]))
+    graph = graph_of(subpackage)
+    expected, todo = set(), [f'greenmim_mm.{subpackage}.{name}']
+    while todo:
+        module = todo.pop()
+        if module not in expected:
+            expected.add(module)
+            todo += [m for m in graph.get(module, ()) if not m.endswith(f'.{subpackage}')]
+    assert loaded == expected | {f'greenmim_mm.{subpackage}'}
+
+
+def test_no_file_names_a_removed_module_path():
+    """Imports, docstrings and docs name the new paths (greenmim_mm.checkpoint.loading, ...)."""
+    pattern = re.compile(r'greenmim_mm[./](%s)\b(?!/)' % '|'.join(OLD_MODULES))
+    stale = []
+    for path in [*REPO.glob('*.md'), *REPO.glob('*.py'), *REPO.joinpath('docs').glob('*.md'),
+                 *REPO.joinpath('configs').rglob('*.py'), *REPO.joinpath('tools').rglob('*.py'),
+                 *REPO.joinpath('tests').rglob('*.py'), *PACKAGE.rglob('*.py')]:
+        if '.mim' in path.parts or path == Path(__file__).resolve():
+            continue
+        for number, line in enumerate(path.read_text(errors='replace').splitlines(), 1):
+            if pattern.search(line):
+                stale.append(f'{path.relative_to(REPO)}:{number}: {line.strip()[:100]}')
+    assert not stale, '\n'.join(stale[:20])
