@@ -192,3 +192,31 @@ def test_no_file_names_a_removed_module_path():
             if pattern.search(line):
                 stale.append(f'{path.relative_to(REPO)}:{number}: {line.strip()[:100]}')
     assert not stale, '\n'.join(stale[:20])
+
+
+def design_tree() -> set:
+    """The repository paths the layout tree of docs/design.md names (one line per module,
+    two spaces of indentation per folder level; ``a.py, b.py`` names two)."""
+    text = (REPO / 'docs' / 'design.md').read_text()
+    fence = re.search(r'## Layout\n.*?```\n(.*?)```', text, re.S).group(1)
+    paths, parents = set(), []
+    for line in fence.splitlines():
+        depth = (len(line) - len(line.lstrip(' '))) // 2
+        names = re.match(r'((?:[\w.]+/?, )*[\w.]+/?)', line.strip()).group(1).split(', ')
+        parents = parents[:depth]
+        for name in names:
+            paths.add('/'.join(parents + [name.rstrip('/')]))
+        if names[-1].endswith('/'):
+            parents.append(names[-1].rstrip('/'))
+    return paths
+
+
+def test_design_layout_tree_names_real_modules_and_every_regrouped_one():
+    named = design_tree()
+    missing = sorted(p for p in named if not (REPO / p).exists())
+    assert not missing, f'docs/design.md names what does not exist: {missing}'
+    required = [p for p in PACKAGE.glob('*.py')] + [
+        p for sub in SUBPACKAGES for p in (PACKAGE / sub).glob('*.py') if p.name != '__init__.py']
+    unnamed = sorted(str(p.relative_to(REPO)) for p in required
+                     if str(p.relative_to(REPO)) not in named)
+    assert not unnamed, f'docs/design.md, "Layout": add a line for {unnamed}'

@@ -87,6 +87,45 @@ def test_cfg_options_not_key_value_is_a_usage_error(tmp_path):
                           'KEY=VALUE')
 
 
+def test_train_wrong_cfg_options_key_is_one_line(tmp_path):
+    """A well-formed key the component does not take (TypeError when mmengine builds it) or a
+    type no registry holds (KeyError): one line naming the option, no traceback."""
+    run = run_tool('train.py', str(DEMO_PT), '--work-dir', str(tmp_path / 'w'), '--cfg-options',
+                   'model.backbone.nonexistent_key=1', cwd=tmp_path)
+    assert_one_line_error(run, 'train: error: --cfg-options model.backbone.nonexistent_key:',
+                          "model.backbone takes no argument 'nonexistent_key'",
+                          'unexpected keyword argument', 'drop the option')
+    run = run_tool('train.py', str(DEMO_PT), '--work-dir', str(tmp_path / 'w2'), '--cfg-options',
+                   'model.neck.type=NoSuchNeck', cwd=tmp_path)
+    assert_one_line_error(run, 'train: error: --cfg-options model.neck.type=NoSuchNeck:',
+                          'NoSuchNeck is not in the', 'registered type')
+
+
+def test_test_wrong_cfg_options_key_is_one_line(tmp_path, tiny_demo):
+    _, checkpoint = tiny_demo  # the model is built (and fails) before any weights are read
+    run = run_tool('test.py', str(DEMO_FT), str(checkpoint), '--work-dir', str(tmp_path / 'w'),
+                   '--cfg-options', 'model.head.no_such_arg=0.5', cwd=tmp_path)
+    assert_one_line_error(run, 'test: error: --cfg-options model.head.no_such_arg:',
+                          "model.head takes no argument 'no_such_arg'")
+
+
+def test_cfg_option_error_leaves_other_errors_alone():
+    """Only an error the given options explain becomes a one-line message; any other TypeError /
+    KeyError keeps its traceback (a bug, not a user error)."""
+    from greenmim_mm.apis.launch import cfg_option_error
+    unexpected = TypeError("Foo.__init__() got an unexpected keyword argument 'depth'")
+    assert cfg_option_error(unexpected, {'model.backbone.depth': 3}).startswith(
+        "--cfg-options model.backbone.depth: model.backbone takes no argument 'depth'")
+    assert cfg_option_error(unexpected, {'model.backbone.depths': 3}) is None
+    assert cfg_option_error(unexpected, None) is None
+    assert cfg_option_error(TypeError('unsupported operand'), {'model.depth': 3}) is None
+    missing = KeyError('Bar is not in the greenmim_mm::model registry.')
+    assert cfg_option_error(missing, {'model.neck.type': 'Bar'}).startswith(
+        '--cfg-options model.neck.type=Bar: Bar is not in the')
+    assert cfg_option_error(missing, {'model.neck.type': 'Ba'}) is None
+    assert cfg_option_error(KeyError('Bar'), {'model.neck.type': 'Bar'}) is None
+
+
 def test_train_missing_config_is_one_line(tmp_path):
     run = run_tool('train.py', 'no_such_config.py', cwd=tmp_path)
     assert_one_line_error(run, 'train: error: config file not found', 'no_such_config.py',

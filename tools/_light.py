@@ -13,7 +13,7 @@ import sys
 
 
 def load(name: str):
-    """``greenmim_mm/<name>.py`` (``name`` like ``cli_args`` or ``datasets/demo_data``) as a
+    """``greenmim_mm/<name>.py`` (``name`` like ``apis/cli_args`` or ``datasets/demo_data``) as a
     stand-alone module, cached in ``sys.modules``. The module must not import the package."""
     key = '_greenmim_mm_light_' + name.replace('/', '_')
     if key in sys.modules:

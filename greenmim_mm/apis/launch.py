@@ -7,6 +7,7 @@ from them, and CPU distributed runs (gloo) that mmengine 0.10's launcher does no
 import argparse
 import os
 import os.path as osp
+import re
 from typing import Optional, Sequence, Tuple
 
 from mmengine.config import Config
@@ -155,6 +156,38 @@ def user_error_line(tool: str, err: BaseException) -> str:
     return f'{tool}: error: {text}'
 
 
+def cfg_option_error(err: BaseException, options: Optional[dict]) -> Optional[str]:
+    """The one-line message for an error a well-formed but wrong ``--cfg-options`` key caused
+    when mmengine built a component from the config, else None (the error is not the options').
+
+    * ``TypeError: ...got an unexpected keyword argument 'NAME'`` (the component takes no such
+      argument: a misspelt or misplaced key such as ``model.backbone.nonexistent_key=1``) and an
+      option key whose last part is ``NAME``;
+    * ``KeyError: 'X is not in the ... registry'`` (mmengine ``Registry.build``) and an option
+      ``....type=X``.
+    """
+    # str(KeyError) quotes its message; the message itself is args[0]
+    message = err.args[0] if isinstance(err, KeyError) and err.args else err
+    text = ' '.join(str(message).split())
+    if not options:
+        return None
+    if isinstance(err, TypeError):
+        found = re.search(r"unexpected keyword argument '(\w+)'", text)
+        keys = [k for k in options if found and k.rpartition('.')[2] == found.group(1)]
+        if keys:
+            owner = keys[0].rpartition('.')[0] or 'the config'
+            return (f'--cfg-options {keys[0]}: {owner} takes no argument {found.group(1)!r} '
+                    f'({text}); check the key against {owner} in the config (spelling, level) '
+                    'or drop the option')
+    if isinstance(err, KeyError):
+        keys = [k for k, v in options.items() if k.rpartition('.')[2] == 'type'
+                and isinstance(v, str) and re.search(rf'\b{re.escape(v)} is not in the', text)]
+        if keys:
+            return (f'--cfg-options {keys[0]}={options[keys[0]]}: {text}; use a registered type '
+                    '(greenmim_mm.*, or mmpretrain/mmdet names) or drop the option')
+    return None
+
+
 def known_user_errors() -> tuple:
     """The known user errors the entry points print as one line (exit 1), no traceback: missing
     files, a refused or unreadable checkpoint or pretrained weights that do not fit the backbone
@@ -187,6 +220,11 @@ def main_train(argv: Optional[Sequence[str]] = None):
         runner.train()
     except known as err:
         raise SystemExit(user_error_line('train', err))
+    except (TypeError, KeyError) as err:  # a wrong --cfg-options key, else not a user error
+        line = cfg_option_error(err, args.cfg_options)
+        if line is None:
+            raise
+        raise SystemExit(f'train: error: {line}') from None
     except NonFiniteLossError as err:  # diverged: the message names the lr
         if runner is not None and '(lr ' not in str(err) and \
                 not isinstance(err, LearningRateOverflowError):
@@ -236,5 +274,10 @@ def main_test(argv: Optional[Sequence[str]] = None) -> dict:
         metrics = Runner.from_cfg(cfg).test()
     except known as err:
         raise SystemExit(user_error_line('test', err))
+    except (TypeError, KeyError) as err:
+        line = cfg_option_error(err, args.cfg_options)
+        if line is None:
+            raise
+        raise SystemExit(f'test: error: {line}') from None
     print(metrics)
     return metrics

@@ -34,20 +34,10 @@ Sources (``SOURCES``):
 
 Twins-SVT sources (output in mmpretrain's ``SVT`` / our ``GreenTwinsSVT`` layout):
 
-* ``timm-twins``: timm ``twins_svt_*`` state dicts (``patch_embeds.i.proj``, ``blocks.s.j``,
-  ``pos_block.s.proj.0``, final ``norm`` -> ``norm_after_stage3``; ``head.*`` dropped). Build the
-  target with ``qkv_bias=True, norm_after_stage=[False, False, False, True]``; timm's block and
-  final LayerNorms use eps 1e-6 (``norm_cfg=dict(type='LN', eps=1e-6)``).
-* ``official-twins``: official GreenMIM Twins-L pre-training checkpoints (``checkpoint['model']``,
-  ``encoder.`` keys in the same original Twins layout). Their PEG has no residual (official
-  GreenMIM code, modeling/green_twins_models.py); it is folded in exactly by subtracting 1 from
-  the centre tap of every PEG depthwise kernel. The file's kind is checked first
-  (:func:`twins_checkpoint_kind`): a Twins classification file (Meituan-AutoML/Twins
-  ``alt_gvt_*.pth``: classifier ``head.*``, no ``encoder.``/decoder keys, torch-layout
-  convolutions; its PEG has the residual) is converted as ``timm-twins`` with a note; a file that
-  is neither recognisably is refused, and ``timm-twins`` refuses a GreenMIM pre-training file.
-  Its stage patch embeddings 1-3 and GSA ``sr`` convolutions are spconv ``SparseConv2d``: their
-  (out, kh, kw, in) weights (spconv >= 2.2) are permuted to torch's (out, in, kh, kw).
+* ``timm-twins``: timm ``twins_svt_*`` state dicts (PEG with its residual);
+* ``official-twins``: official GreenMIM Twins-L pre-training checkpoints (PEG without residual,
+  folded in; spconv weights permuted; a Twins classification file is detected and converted as
+  ``timm-twins``). Details: :mod:`.twins`.
 * ``greenmim_mm`` also accepts our Twins pre-training checkpoints (kept as they are; the window
   options apply to Swin only).
 
