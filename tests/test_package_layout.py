@@ -1,4 +1,4 @@
-"""The package layout (docs/design.md, "Package layout"): the checkpoint, converter and tool-support
+"""The package layout (docs/design.md, "Layout"): the checkpoint, converter and tool-support
 subpackages import one another one way only, each checkpoint/converter module imports on its own
 in a fresh interpreter, and no file names a module path the re-layout removed."""
 import ast
@@ -231,3 +231,71 @@ def test_no_allow_listed_name_is_a_module_path_of_ours():
              for entry in safe_globals()]
     assert 'mmengine.logging.history_buffer.HistoryBuffer' in names
     assert not [n for n in names if n.split('.')[0] == 'greenmim_mm'], names
+
+
+def ops_importers() -> dict:
+    """``ops/<file>.py`` -> the modules outside ``greenmim_mm/ops`` importing from it (paths
+    under ``greenmim_mm/``); a name imported from the ``ops`` package counts for the ops file
+    that defines it."""
+    defined = {}
+    for path in (PACKAGE / 'ops').glob('*.py'):
+        for node in ast.parse(path.read_text()).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [node]
+            defined.update({getattr(t, 'name', getattr(t, 'id', None)): path.name
+                            for t in targets})
+    for node in ast.parse((PACKAGE / 'ops' / '__init__.py').read_text()).body:
+        if isinstance(node, ast.ImportFrom):  # 'DEFAULT_MODE as DEFAULT_SPARSE_CONV'
+            defined.update({a.asname: f'{node.module}.py' for a in node.names if a.asname})
+    users = {}
+    for path in PACKAGE.rglob('*.py'):
+        if 'ops' in path.relative_to(PACKAGE).parts[:1] or '.mim' in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or '').startswith(
+                    'greenmim_mm.ops'):
+                parts = node.module.split('.')
+                files = ([f'{parts[2]}.py'] if len(parts) > 2 else
+                         [defined[a.name] for a in node.names])
+                for name in files:
+                    users.setdefault(f'ops/{name}', set()).add(
+                        str(path.relative_to(PACKAGE)))
+    return users
+
+
+def test_design_ops_table_names_every_caller_outside_ops():
+    """docs/design.md's ``ops/`` table: a newcomer sees which backbones, algorithms and necks
+    call each piece of the sparse trick; the column is exactly what the imports say."""
+    text = (REPO / 'docs' / 'design.md').read_text()
+    rows = re.findall(r'^\| `(ops/\w+\.py)` \|.*\|(.*)\|\s*$', text, re.M)
+    assert len(rows) == len(list((PACKAGE / 'ops').glob('*.py'))) - 1, rows
+    cited = {module: set(re.findall(r'`(models/[\w/]+\.py)`', cell)) for module, cell in rows}
+    actual = ops_importers()
+    for module in cited:
+        assert cited[module] == actual.get(module, set()), (module, cited[module],
+                                                            actual.get(module))
+    assert set(actual) <= set(cited), sorted(set(actual) - set(cited))
+
+
+def test_design_layout_arrows_are_the_imports():
+    """The ``<- a, b`` of a checkpoint or converter module in docs/design.md's tree are exactly
+    its greenmim_mm imports (same subpackage by module name, others as ``checkpoint.x``;
+    ``all above``: every module listed before it), and each points to a line above it."""
+    fence = re.search(r'## Layout\n.*?```\n(.*?)```', (REPO / 'docs' / 'design.md').read_text(),
+                      re.S).group(1)
+    for sub in ('checkpoint', 'converters'):
+        block = re.search(rf'^  {sub}/.*?\n((?:    .*\n)+)', fence, re.M).group(1)
+        listed = []
+        for line in block.splitlines():
+            name = line.split()[0][:-len('.py')]
+            cited = line.rpartition('<-')[2].split(',') if '<-' in line else []
+            cited = {c.strip() for c in cited}
+            if 'all above' in cited:
+                cited = (cited - {'all above'}) | set(listed)
+            actual = {m.split('.')[-1] if m.startswith(f'greenmim_mm.{sub}.')
+                      else m.split('.', 1)[1]
+                      for m in imported_modules(PACKAGE / sub / f'{name}.py')}
+            assert cited == actual, (sub, name, sorted(cited), sorted(actual))
+            assert {c for c in cited if '.' not in c} <= set(listed), (sub, name, listed)
+            listed.append(name)
+        assert sorted(listed) == sorted(p.stem for p in (PACKAGE / sub).glob('*.py')
+                                        if p.name != '__init__.py')

@@ -1,8 +1,9 @@
 """Rewriting an older checkpoint in the plain format (``tools/upgrade_checkpoint.py``).
 
 Depends on :mod:`~greenmim_mm.checkpoint.loading` (read),
-:mod:`~greenmim_mm.checkpoint.plain_format` (convert) and :mod:`~greenmim_mm.checkpoint.atomic_files` (write); nothing depends on it, so the
-checkpoint modules import one another one way only (docs/design.md, "Package layout").
+:mod:`~greenmim_mm.checkpoint.plain_format` (convert) and
+:mod:`~greenmim_mm.checkpoint.atomic_files` (write); nothing depends on it, so the checkpoint
+modules import one another one way only (docs/design.md, "Layout").
 """
 import io
 from typing import Callable
