@@ -162,6 +162,13 @@ def test_cfg_option_error_names_nested_keys_and_wrong_values():
     assert cfg_option_error(ValueError('bad'), {'flag': 1}, {'flag': True}) is not None
 
 
+def test_edit_distance():
+    from greenmim_mm.apis.launch import edit_distance
+    pairs = [('model', 'model'), ('modle', 'model'), ('mdl', 'model'), ('', 'ab'),
+             ('train_cfg', 'test_cfg'), ('ab', 'ba'), ('kitten', 'sitting')]
+    assert [edit_distance(a, b) for a, b in pairs] == [0, 1, 2, 2, 4, 1, 3]
+
+
 def test_option_originals_refuses_keys_the_config_cannot_take():
     """mmengine's merge raises KeyError/TypeError tracebacks for these; the walk names the
     option and the fix first."""
@@ -171,7 +178,11 @@ def test_option_originals_refuses_keys_the_config_cannot_take():
     cfg = Config(dict(pipeline=[dict(type='A'), dict(type='B')], train_cfg=dict(max_epochs=4)))
     originals = option_originals(cfg, {'pipeline.1.type': 'C', 'train_cfg.new': 1, 'x.y': 2})
     assert originals == {'pipeline.1.type': 'B', 'train_cfg.new': MISSING, 'x.y': MISSING}
-    for key, needle in [('pipeline.2.type', 'pipeline is a list of 2 entries; name one by its '
+    assert option_originals(cfg, {'train_cgf.x': 1, 'trian_cfg': {}, 'test_cfg.a.b': 2}) == {
+        'train_cgf.x': MISSING, 'trian_cfg': MISSING, 'test_cfg.a.b': MISSING}
+    for key, needle in [('trian_cfg.max_epochs.x', "the config has no 'trian_cfg' (did you mean "
+                         "'train_cfg'?)"),
+                        ('pipeline.2.type', 'pipeline is a list of 2 entries; name one by its '
                          'index (0 to 1)'),
                         ('pipeline.first.type', 'pipeline is a list of 2 entries'),
                         ('train_cfg.max_epochs.x', "train_cfg.max_epochs is 4, not a dict or "
@@ -187,6 +198,8 @@ def test_train_nested_typo_list_index_and_wrong_value_are_one_line(tmp_path):
     for number, (option, prefix, needle) in enumerate([
             ('model.bakbone.arch=tiny', 'train: error: --cfg-options model.bakbone.arch: model '
              "takes no argument 'bakbone'", 'unexpected keyword argument'),
+            ('modle.backbone.arch=tiny', 'train: error: --cfg-options modle.backbone.arch: the '
+             "config has no 'modle' (did you mean 'model'?)", 'spelling'),
             ('train_dataloader.dataset.pipeline.9.type=Foo', 'train: error: --cfg-options '
              'train_dataloader.dataset.pipeline.9.type: train_dataloader.dataset.pipeline is a '
              'list of 4 entries', 'index (0 to 3)'),

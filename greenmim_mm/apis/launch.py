@@ -57,7 +57,9 @@ def option_originals(cfg: Config, options: dict) -> dict:
 
     Raises:
         CfgOptionsError: a part of the path indexes a list out of range or by a name, or lies
-            below a plain value (e.g. ``train_cfg.max_epochs.x``); the message names the option.
+            below a plain value (e.g. ``train_cfg.max_epochs.x``), or a key of three parts or
+            more starts with a top-level name the config lacks within two edits of one it has
+            (``modle.backbone.arch``: the Runner would ignore it); the message names the option.
     """
     originals = {}
     for key in options:
@@ -72,6 +74,12 @@ def option_originals(cfg: Config, options: dict) -> dict:
                         f'({where}=[...])')
                 node = node[int(part)]
             elif isinstance(node, dict):
+                near = [k for k in node if edit_distance(part, str(k)) <= 2] if (
+                    depth == 0 and part not in node and len(parts) > 2) else []
+                if near:  # nothing reads a new top-level dict: a typo of an existing one
+                    raise CfgOptionsError(
+                        f'--cfg-options {key}: the config has no {part!r} (did you mean '
+                        f'{near[0]!r}?); check the key against the config (spelling, level)')
                 node = node.get(part, MISSING)
                 if node is MISSING:
                     break
@@ -82,6 +90,20 @@ def option_originals(cfg: Config, options: dict) -> dict:
                     '(spelling, level)')
         originals[key] = node
     return originals
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Optimal-string-alignment distance (insertions, deletions, substitutions, adjacent
+    transpositions) between ``a`` and ``b``."""
+    rows = [list(range(len(b) + 1))]
+    for i, ca in enumerate(a, 1):
+        row = [i]
+        for j, cb in enumerate(b, 1):
+            row.append(min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + (ca != cb)))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                row[j] = min(row[j], rows[-2][j - 2] + 1)
+        rows.append(row)
+    return rows[-1][-1]
 
 
 # Top-level variables of our recipes -> the entries they set when the file is read (mmengine
