@@ -6,9 +6,9 @@ changes no installed file.
 1. ``weights_only`` checkpoint loading (torch >= 2.6 defaults ``torch.load`` to
    ``weights_only=True``; mmengine 0.10.7's local loader calls it without the argument, its URL
    loader through torch.hub with ``weights_only=False``). mmengine's loaders are routed through
-   :mod:`greenmim_mm.checkpoint_loading`: weights-only with an allow-list of inert classes, which
+   :mod:`greenmim_mm.checkpoint.loading`: weights-only with an allow-list of inert classes, which
    also reads checkpoints written before greenmim_mm's plain format
-   (:mod:`greenmim_mm.checkpoint_format`) without allowing ``getattr``.
+   (:mod:`greenmim_mm.checkpoint.plain_format`) without allowing ``getattr``.
 2. ``scipy.interpolate.interp2d`` was removed in SciPy 1.14; mmpretrain 1.2.0 calls it (cubic) in
    ``resize_relative_position_bias_table`` when a Swin window size changes (e.g. 6 -> 7). On a
    rectangular grid without smoothing ``interp2d`` is a bicubic interpolating spline (FITPACK
@@ -21,8 +21,8 @@ _APPLIED = False
 
 
 def patch_checkpoint_loading() -> None:
-    """Route mmengine's checkpoint loading through :mod:`greenmim_mm.checkpoint_loading`."""
-    from .checkpoint_loading import register_with_mmengine
+    """Route mmengine's checkpoint loading through :mod:`greenmim_mm.checkpoint.loading`."""
+    from .checkpoint.loading import register_with_mmengine
     register_with_mmengine()
 
 

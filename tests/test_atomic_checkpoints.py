@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import greenmim_mm  # noqa: F401
-from greenmim_mm import fileio
+from greenmim_mm.checkpoint import atomic_files as fileio
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PRETRAIN_DEMO = osp.join(ROOT, 'configs/pretrain/greenmim_swin-nano_demo_128px.py')

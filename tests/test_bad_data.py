@@ -94,7 +94,7 @@ def bad_data(demo_data_factory, tmp_path_factory):
 
 
 def train_pretrain(work, root, max_fraction):
-    from greenmim_mm import launch
+    from greenmim_mm.apis import launch
     launch.main_train([PRETRAIN_CFG, '--work-dir', str(work), '--cfg-options',
                 'train_cfg.max_epochs=1', 'train_dataloader.batch_size=4',
                 f'train_dataloader.dataset.data_root={root}',

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from greenmim_mm.checkpoint_format import TAG, PlainFormatError, from_plain, to_plain
-from greenmim_mm.checkpoint_loading import (CheckpointLoadError, UnsafeCheckpointError,
+from greenmim_mm.checkpoint.plain_format import TAG, PlainFormatError, from_plain, to_plain
+from greenmim_mm.checkpoint.loading import (CheckpointLoadError, UnsafeCheckpointError,
                                             load_checkpoint_file)
-from greenmim_mm.checkpoint_numpy import DecodeBudget, UnsafeTensor, check_tensor
+from greenmim_mm.checkpoint.numpy_values import DecodeBudget, UnsafeTensor, check_tensor
 from test_checkpoint_hostile import Pickled
 from test_checkpoint_loading import ROOT
 
@@ -30,7 +30,7 @@ GiB = 1 << 30
 MEASURE = r'''
 import json, resource, sys, time
 import greenmim_mm
-from greenmim_mm.checkpoint_loading import CheckpointLoadError, load_checkpoint_file
+from greenmim_mm.checkpoint.loading import CheckpointLoadError, load_checkpoint_file
 
 def status(key):
     for line in open('/proc/self/status'):
@@ -358,7 +358,7 @@ def test_calling_a_non_function_names_what_is_called(tmp_path, func, shown):
 TO_PLAIN_SHARED = r'''
 import sys, time, io, torch
 from mmengine.logging import MessageHub
-from greenmim_mm.checkpoint_format import from_plain, to_plain
+from greenmim_mm.checkpoint.plain_format import from_plain, to_plain
 hub = MessageHub.get_instance('i19a')
 nested = []
 for _ in range(int(sys.argv[1])):

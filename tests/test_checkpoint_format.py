@@ -12,7 +12,7 @@ from mmengine.logging import HistoryBuffer
 from mmengine.runner import Runner
 
 import greenmim_mm  # noqa: F401
-from greenmim_mm.checkpoint_format import TAG, PlainFormatError, from_plain, to_plain
+from greenmim_mm.checkpoint.plain_format import TAG, PlainFormatError, from_plain, to_plain
 from test_compat import ToyDataset, ToyModel
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

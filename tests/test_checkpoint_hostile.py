@@ -26,7 +26,7 @@ from mmengine.config import ConfigDict
 from mmengine.runner import checkpoint as mmengine_checkpoint
 
 import greenmim_mm  # noqa: F401  (registers the safe loader)
-from greenmim_mm.checkpoint_loading import (CheckpointLoadError, UnsafeCheckpointError,
+from greenmim_mm.checkpoint.loading import (CheckpointLoadError, UnsafeCheckpointError,
                                             load_checkpoint_file, register_with_mmengine)
 from test_checkpoint_loading import (PRETRAIN_DEMO, ROOT, assert_points_to_readme, run_tool,
                                      write_payload)
@@ -97,7 +97,7 @@ def write_crafted(path, name):
 LOAD_AND_READ = '''
 import json, sys
 import greenmim_mm
-from greenmim_mm.checkpoint_loading import UnsafeCheckpointError, load_checkpoint_file
+from greenmim_mm.checkpoint.loading import UnsafeCheckpointError, load_checkpoint_file
 out = {}
 for path in sys.argv[1:]:
     try:
@@ -171,7 +171,7 @@ EVIL_CONFIG = "open({marker!r}, 'w').write('ran')\n"
 def config_value(text, form):
     """Config text as a plain str, or (second review) as a tagged numpy str_ scalar of our own
     plain format, which the loader restores into a ``str`` subclass."""
-    from greenmim_mm.checkpoint_format import TAG
+    from greenmim_mm.checkpoint.plain_format import TAG
     if form == 'str':
         return text
     return {TAG: 'numpy_scalar', 'dtype': f'<U{len(text)}', 'value': text}
@@ -226,7 +226,7 @@ def test_train_resume_does_not_run_config_text(tmp_path, tiny_demo, form):
 
 
 def _tagged_array(dtype, shape, data):
-    from greenmim_mm.checkpoint_format import TAG
+    from greenmim_mm.checkpoint.plain_format import TAG
     return {TAG: 'ndarray', 'dtype': dtype, 'shape': shape, 'data': data}
 
 
@@ -255,7 +255,7 @@ def test_shared_references_restore_in_linear_time(tmp_path):
     path = tmp_path / 'deep.pth'
     torch.save({'meta': {'x': nested}}, path)
     result = python('-c', 'import sys, greenmim_mm\n'
-                    'from greenmim_mm.checkpoint_loading import load_checkpoint_file\n'
+                    'from greenmim_mm.checkpoint.loading import load_checkpoint_file\n'
                     'x = load_checkpoint_file(sys.argv[1])["meta"]["x"]\n'
                     'assert x[0] is x[1]; print("ok")', str(path), timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == 'ok', result.stderr[-2000:]
@@ -310,7 +310,7 @@ def test_bytes_is_only_allowed_empty(tmp_path):
 
 def test_converter_write_failure_without_an_existing_output(tmp_path, monkeypatch):
     """Review D4: no 'an existing out.pth is unchanged' when there was none."""
-    from greenmim_mm import fileio
+    from greenmim_mm.checkpoint import atomic_files as fileio
     from greenmim_mm.converters import ConversionError, convert_file
     from greenmim_mm.models import GreenSwinTransformer
     backbone = GreenSwinTransformer(arch=dict(embed_dims=16, depths=[1, 1], num_heads=[1, 2]),

@@ -26,7 +26,7 @@ from mmengine.runner import Runner
 from mmengine.runner import checkpoint as mmengine_checkpoint
 
 import greenmim_mm  # noqa: F401  (registers the safe loader)
-from greenmim_mm.checkpoint_loading import (CheckpointLoadError, UnsafeCheckpointError,
+from greenmim_mm.checkpoint.loading import (CheckpointLoadError, UnsafeCheckpointError,
                                             load_checkpoint_file)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -277,7 +277,7 @@ def test_other_classes_and_bad_files_are_clear_errors(tmp_path):
 def test_refusals_without_a_global_say_what_the_file_does(tmp_path, raw, message):
     """Issue 19.7: a REDUCE of a dict read 'it pickles {}', a BUILD on an int 'it pickles Can
     only build Tensor, ...': neither names a global. The message now says what the file does
-    (the static scan, greenmim_mm/checkpoint_scan.py, refuses both before torch's unpickler)."""
+    (the static scan, greenmim_mm/checkpoint/scan.py, refuses both before torch's unpickler)."""
     path = tmp_path / 'odd.pth'
     path.write_bytes(raw)
     with pytest.raises(UnsafeCheckpointError, match=rf'^cannot read {path}: {message}'):
@@ -332,7 +332,7 @@ def test_old_mmengine_history_buffers_load_without_getattr(tmp_path):
                path)
     with pytest.raises(pickle.UnpicklingError, match='HistoryBuffer'):
         torch.load(path, weights_only=True)
-    from greenmim_mm.checkpoint_numpy import pickle_globals as _numpy_globals
+    from greenmim_mm.checkpoint.numpy_values import pickle_globals as _numpy_globals
     with pytest.raises(pickle.UnpicklingError, match='getattr'):  # what the old allow-list needed
         with torch.serialization.safe_globals([HistoryBuffer] + _numpy_globals()):
             torch.load(path, weights_only=True)

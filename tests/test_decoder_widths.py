@@ -84,7 +84,7 @@ def test_train_tool_prints_the_width_error_as_one_line(tmp_path):
     """The report's command, `tools/train.py <Swin-B recipe> --cfg-options
     model.backbone.arch=tiny`: exit with the one-line error (before: the error at the end of a
     traceback through mmengine's Runner and registry)."""
-    from greenmim_mm import launch
+    from greenmim_mm.apis import launch
     argv = [osp.join(PRETRAIN, 'greenmim_swin-base-w7_8xb256-amp-800e_in1k-224px.py'),
             '--work-dir', str(tmp_path), '--cfg-options', 'model.backbone.arch=tiny']
     with pytest.raises(SystemExit) as err:

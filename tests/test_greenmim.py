@@ -395,7 +395,7 @@ def run_train(work_dir, data_root, epochs, resume=None, tag='', config=DEMO_CFG,
     """tools/train.py on ``config`` (default: the GreenMIM demo) with its shipped pipeline
     (RandomResizedCrop + flip), batch 4, LoggerHook interval 1, extra ``options``; ``kill_at``: die
     at the start of that iteration. Returns the logged {iteration: loss}."""
-    from greenmim_mm import launch
+    from greenmim_mm.apis import launch
     argv = [config, '--work-dir', str(work_dir), '--cfg-options',
             f'train_cfg.max_epochs={epochs}', 'train_dataloader.batch_size=4',
             f'train_dataloader.dataset.data_root={data_root}',
@@ -461,7 +461,7 @@ def test_run_killed_in_epoch_3_resumes_exactly(tiny_demo_data, three_epochs, tmp
 
 
 def test_visualize_reconstruction_writes_a_grid(tiny_demo_data, tmp_path):
-    from greenmim_mm import visualization as vis
+    from greenmim_mm.apis import visualization as vis
     model = tiny_greenmim(size=128)
     cfg = Config.fromfile(DEMO_CFG)
     cfg.model.backbone.arch = dict(embed_dims=16, depths=[2, 2, 2, 2], num_heads=[2, 2, 4, 4])

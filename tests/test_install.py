@@ -91,7 +91,7 @@ def test_sdist_carries_configs_tools_and_licence(sdist_and_wheel):
     names = {n.split('/', 1)[1] for n in tarfile.open(sdist).getnames() if '/' in n}
     for path in ('LICENSE', 'MANIFEST.in', 'pyproject.toml', 'model-index.yml', 'setup.py',
                  f'configs/pretrain/{DEMO}', 'configs/pretrain/metafile.yml', 'tools/train.py',
-                 'tools/_light.py', 'greenmim_mm/cli_args.py', 'docs/install.md'):
+                 'tools/_light.py', 'greenmim_mm/apis/cli_args.py', 'docs/install.md'):
         assert path in names, path
     assert not any(n.startswith('greenmim_mm/.mim') for n in names)  # symlinks stay out
 
@@ -103,6 +103,8 @@ def test_wheel_from_sdist_carries_dot_mim_and_declares_dependencies(sdist_and_wh
     for path in (f'configs/pretrain/{DEMO}', 'configs/pretrain/metafile.yml', 'tools/train.py',
                  'tools/_light.py', 'tools/convert_checkpoint.py', 'model-index.yml'):
         assert f'greenmim_mm/.mim/{path}' in names, path
+    for module in ('checkpoint/loading.py', 'converters/dispatch.py', 'apis/cli_args.py'):
+        assert f'greenmim_mm/{module}' in names, module  # the subpackages (find_packages)
     metadata = archive.read(next(n for n in names if n.endswith('.dist-info/METADATA'))).decode()
     requires = [line.split(': ', 1)[1] for line in metadata.splitlines()
                 if line.startswith('Requires-Dist: ')]

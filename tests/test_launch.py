@@ -1,4 +1,4 @@
-"""greenmim_mm.launch (tools/train.py, tools/test.py): what ``--resume`` does, said clearly.
+"""greenmim_mm.apis.launch (tools/train.py, tools/test.py): what ``--resume`` does, said clearly.
 
 Issue 10 point 7: ``--resume`` with an empty or mistyped work dir used to log "Auto resumed from
 the latest checkpoint None." and train from scratch; a mistyped checkpoint path failed late.
@@ -8,7 +8,7 @@ import os.path as osp
 
 import pytest
 
-from greenmim_mm import launch
+from greenmim_mm.apis import launch
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_CFG = osp.join(ROOT, 'configs', 'pretrain', 'greenmim_swin-nano_demo_128px.py')

@@ -6,7 +6,7 @@ import torch
 from mmengine.config import Config
 
 import greenmim_mm  # noqa: F401
-from greenmim_mm.localmim_visualization import hog_glyphs, pixel_picture, to_uint8
+from greenmim_mm.apis.localmim_visualization import hog_glyphs, pixel_picture, to_uint8
 from greenmim_mm.models.target_generators import LocalMIMHOGGenerator, PixelTargetGenerator
 from greenmim_mm.registry import MODELS
 
@@ -34,7 +34,7 @@ def test_hog_glyphs_draw_only_where_there_are_gradients():
 
 def test_tool_draws_every_head(demo_data_factory, tmp_path):
     data = demo_data_factory('lm_vis', train_per_class=1, val_per_class=1)
-    from greenmim_mm import localmim_visualization as vis
+    from greenmim_mm.apis import localmim_visualization as vis
     cfg = Config.fromfile(DEMO_CFG)
     cfg.model.backbone.arch = dict(embed_dims=32, depths=[1, 1, 1, 1], num_heads=[2, 4, 4, 8])
     cfg.model.backbone.attn_backend = 'sdpa'

@@ -95,7 +95,7 @@ def test_localmim_run_on_non_finite_inputs_stops_with_non_finite_loss_error(
         name, tiny_demo_data, tmp_path):
     """The report's case through a training run: std 0 in the data preprocessor makes every
     input pixel infinite; the run stops at iteration 1 with NonFiniteLossError, no checkpoint."""
-    from greenmim_mm import launch
+    from greenmim_mm.apis import launch
     argv = [osp.join(PRETRAIN, name), '--work-dir', str(tmp_path), '--cfg-options',
             'train_cfg.max_epochs=1', 'train_dataloader.batch_size=4',
             f'train_dataloader.dataset.data_root={tiny_demo_data}',

@@ -101,7 +101,7 @@ def test_planted_lock_file_link_is_refused_and_never_written(tmp_path, link):
     """A work dir holding ``.greenmim_mm.lock`` as a link to another file (a shared or unpacked
     work dir): taking the lock truncated and overwrote that file ('pid N on host H'); now
     tools/train.py ends with one line naming the lock file and the file keeps its bytes."""
-    from greenmim_mm import launch
+    from greenmim_mm.apis import launch
     from greenmim_mm.engine.work_dir_lock import LOCK_NAME
     work = tmp_path / 'work'
     work.mkdir()
@@ -161,7 +161,7 @@ def test_runs_of_other_work_dirs_sharing_an_out_dir_exclude_each_other(tmp_path)
 def test_start_up_sweep_removes_only_its_own_dead_temp_files(tmp_path):
     """A user file named like ``.X.Y.partial`` and a live writer's temporary file (e.g. a
     converter writing into the work dir) stay; a dead writer's temporary file goes."""
-    from greenmim_mm.fileio import PARTIAL_TAG
+    from greenmim_mm.checkpoint.atomic_files import PARTIAL_TAG
     dead = subprocess.Popen([sys.executable, '-c', 'pass'])
     dead.wait()
     writer = holder()
@@ -181,7 +181,7 @@ def test_start_up_sweep_removes_only_its_own_dead_temp_files(tmp_path):
 
 
 def test_atomic_writes_use_the_tagged_name_with_their_pid(tmp_path, monkeypatch):
-    from greenmim_mm import fileio
+    from greenmim_mm.checkpoint import atomic_files as fileio
     seen = []
     real_replace = os.replace
     monkeypatch.setattr(fileio.os, 'replace', lambda a, b: (seen.append(a), real_replace(a, b)))
@@ -237,7 +237,7 @@ def test_train_tool_refuses_another_architectures_load_from_in_one_line(tmp_path
                                                                         demo_data_factory):
     from mmengine.config import Config
 
-    from greenmim_mm import launch
+    from greenmim_mm.apis import launch
     from greenmim_mm.registry import MODELS
     data = demo_data_factory('strict_load', train_per_class=1, val_per_class=1)
     twins = MODELS.build(Config.fromfile(TWINS_DEMO_CFG).model)
@@ -252,7 +252,7 @@ def test_train_tool_refuses_another_architectures_load_from_in_one_line(tmp_path
 
 
 def test_partial_load_flag_sets_the_hook_option():
-    from greenmim_mm import launch
+    from greenmim_mm.apis import launch
     cfg, _ = launch.configure_training(launch.parse_train_args([DEMO_CFG, '--partial-load']))
     assert cfg.default_hooks.checkpoint.strict_load is False
     cfg, _ = launch.configure_training(launch.parse_train_args([DEMO_CFG]))
@@ -301,7 +301,7 @@ def test_demo_sgd_at_lr_1e38_names_the_lr_and_keeps_no_last_good(tmp_path, demo_
     """The issue's repro on the GreenMIM demo: SGD at lr 1e38, one iteration per epoch.
     epoch_1.pth (finite, exploding weights) was saved and named by last_checkpoint; iteration 2
     stopped with a non-finite loss that did not name the lr."""
-    from greenmim_mm import launch
+    from greenmim_mm.apis import launch
     from greenmim_mm.engine import NonFiniteLossError
     data = demo_data_factory('sgd_1e38', train_per_class=1, val_per_class=1)
     cfg = tmp_path / 'sgd.py'
@@ -341,7 +341,7 @@ def test_train_tool_ends_an_overflowing_lr_with_one_line(tmp_path, demo_data_fac
     """The issue's AdamW at lr 1e45 through tools/train.py's entry point on the GreenMIM demo:
     one line ``train: error: ...`` naming the lr and the setting to lower (it was a traceback,
     with the lr named twice), nothing trained."""
-    from greenmim_mm import launch
+    from greenmim_mm.apis import launch
     data = demo_data_factory('adamw_1e45', train_per_class=1, val_per_class=1)
     with pytest.raises(SystemExit) as exit_info:
         launch.train_tool([DEMO_CFG, '--work-dir', str(tmp_path / 'work'), '--cfg-options',

@@ -20,7 +20,7 @@ from mmengine.optim import OptimWrapper
 from mmengine.registry import DefaultScope
 from torch import nn
 
-from greenmim_mm import launch
+from greenmim_mm.apis import launch
 from greenmim_mm.engine.runner import (GreenRunner, on_distinct_groups, replay,
                                        schedule_difference)
 

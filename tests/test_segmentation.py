@@ -488,7 +488,7 @@ def demo_seg_cfg(data, converted, work, max_iters):
 def test_pretrain_convert_segment(seg_data, tmp_path, load_tool):
     """Demo GreenMIM pre-training (1 epoch) -> tools/convert_checkpoint.py -> the UperNet demo:
     the converted weights load strictly, a few iterations train, mIoU is evaluated."""
-    from greenmim_mm import launch
+    from greenmim_mm.apis import launch
     convert_checkpoint = load_tool('convert_checkpoint')
     launch.main_train([str(PRETRAIN_DEMO), '--work-dir', str(tmp_path / 'pt'), '--cfg-options',
                        'train_cfg.max_epochs=1', 'train_dataloader.batch_size=5',

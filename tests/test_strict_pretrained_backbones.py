@@ -138,7 +138,7 @@ def test_train_tool_prints_a_refused_pretrained_file_as_one_line(tmp_path, demo_
     one-line PretrainedLoadError (before: the error at the end of a traceback)."""
     import os.path as osp
 
-    from greenmim_mm import launch
+    from greenmim_mm.apis import launch
     root = osp.dirname(osp.dirname(osp.abspath(__file__)))
     data = demo_data_factory('strict_pretrained', train_per_class=1, val_per_class=1)
     path = save(tmp_path, GreenSwinTransformer(arch=NANO_SWIN).state_dict(), 'swin.pth')

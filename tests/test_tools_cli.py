@@ -87,6 +87,130 @@ def test_cfg_options_not_key_value_is_a_usage_error(tmp_path):
                           'KEY=VALUE')
 
 
+def test_train_wrong_cfg_options_key_is_one_line(tmp_path):
+    """A well-formed key the component does not take (TypeError when mmengine builds it) or a
+    type no registry holds (KeyError): one line naming the option, no traceback."""
+    run = run_tool('train.py', str(DEMO_PT), '--work-dir', str(tmp_path / 'w'), '--cfg-options',
+                   'model.backbone.nonexistent_key=1', cwd=tmp_path)
+    assert_one_line_error(run, 'train: error: --cfg-options model.backbone.nonexistent_key:',
+                          "model.backbone takes no argument 'nonexistent_key'",
+                          'unexpected keyword argument', 'drop the option')
+    run = run_tool('train.py', str(DEMO_PT), '--work-dir', str(tmp_path / 'w2'), '--cfg-options',
+                   'model.neck.type=NoSuchNeck', cwd=tmp_path)
+    assert_one_line_error(run, 'train: error: --cfg-options model.neck.type=NoSuchNeck:',
+                          'NoSuchNeck is not in the', 'registered type')
+
+
+def test_test_wrong_cfg_options_key_is_one_line(tmp_path, tiny_demo):
+    _, checkpoint = tiny_demo  # the model is built (and fails) before any weights are read
+    run = run_tool('test.py', str(DEMO_FT), str(checkpoint), '--work-dir', str(tmp_path / 'w'),
+                   '--cfg-options', 'model.head.no_such_arg=0.5', cwd=tmp_path)
+    assert_one_line_error(run, 'test: error: --cfg-options model.head.no_such_arg:',
+                          "model.head takes no argument 'no_such_arg'")
+    run = run_tool('test.py', str(DEMO_FT), str(checkpoint), '--work-dir', str(tmp_path / 'w2'),
+                   '--cfg-options', 'model.backbone.window_size=[4,4]', cwd=tmp_path)
+    assert_one_line_error(run, 'test: error: --cfg-options model.backbone.window_size=[4, 4] '
+                          '(the config has 4): check the value', 'TypeError')
+
+
+def test_cfg_option_error_leaves_other_errors_alone():
+    """Only an error the given options explain becomes a one-line message; any other TypeError /
+    KeyError keeps its traceback (a bug, not a user error)."""
+    from greenmim_mm.apis.launch import cfg_option_error
+    unexpected = TypeError("Foo.__init__() got an unexpected keyword argument 'depth'")
+    assert cfg_option_error(unexpected, {'model.backbone.depth': 3}).startswith(
+        "--cfg-options model.backbone.depth: model.backbone takes no argument 'depth'")
+    assert cfg_option_error(unexpected, {'model.backbone.depths': 3}) is None
+    assert cfg_option_error(unexpected, None) is None
+    assert cfg_option_error(TypeError('unsupported operand'), {'model.depth': 3}) is None
+    missing = KeyError('Bar is not in the greenmim_mm::model registry.')
+    assert cfg_option_error(missing, {'model.neck.type': 'Bar'}).startswith(
+        '--cfg-options model.neck.type=Bar: Bar is not in the')
+    assert cfg_option_error(missing, {'model.neck.type': 'Ba'}) is None
+    assert cfg_option_error(KeyError('Bar'), {'model.neck.type': 'Bar'}) is None
+
+
+def test_cfg_option_error_names_nested_keys_and_wrong_values():
+    """A misspelt key above the last part (the builder names that part), a value of the wrong
+    kind for the entry it replaces, a text value the error names: one line naming the option."""
+    from greenmim_mm.apis.launch import MISSING, cfg_option_error
+    typo = TypeError("GreenMIM.__init__() got an unexpected keyword argument 'bakbone'")
+    assert cfg_option_error(typo, {'model.bakbone.arch': 'tiny'}).startswith(
+        "--cfg-options model.bakbone.arch: model takes no argument 'bakbone'")
+    linspace = TypeError('linspace() received an invalid combination of arguments')
+    line = cfg_option_error(linspace, {'model.backbone.drop_path_rate': 'abc'},
+                            {'model.backbone.drop_path_rate': 0.1})
+    assert line == ("--cfg-options model.backbone.drop_path_rate='abc' (the config has 0.1): "
+                    'check the value or drop the option (TypeError: linspace() received an '
+                    'invalid combination of arguments)'), line
+    compare = TypeError("'<' not supported between instances of 'int' and 'list'")
+    assert cfg_option_error(compare, {'model.backbone.window_size': [7, 7]},
+                            {'model.backbone.window_size': 7}).startswith(
+        '--cfg-options model.backbone.window_size=[7, 7] (the config has 7): check the value')
+    arch = AssertionError("Arch nope is not in default archs {'tiny', 'base'}")
+    assert cfg_option_error(arch, {'model.backbone.arch': 'nope'},
+                            {'model.backbone.arch': 'nano'}).startswith(
+        "--cfg-options model.backbone.arch='nope' (the config has 'nano'): check the value or "
+        "drop the option (AssertionError: Arch nope")
+    # values of the entry's kind that the error does not name: not the options' error
+    assert cfg_option_error(compare, {'train_cfg.max_epochs': 3, 'model.backbone.arch': 'base'},
+                            {'train_cfg.max_epochs': 16, 'model.backbone.arch': 'nano'}) is None
+    assert cfg_option_error(ValueError('bad'), {'lr': 1}, {'lr': 0.1}) is None
+    assert cfg_option_error(ValueError('bad'), {'new.key': 'x'}, {'new.key': MISSING}) is None
+    assert cfg_option_error(ValueError('a bad value'), {'model.x.y': 'bad'}) is not None
+    assert cfg_option_error(ValueError('a bad value'), {'model.x.y': 'ba'}) is None
+    assert cfg_option_error(ValueError('bad'), {'flag': 1}, {'flag': True}) is not None
+
+
+def test_edit_distance():
+    from greenmim_mm.apis.launch import edit_distance
+    pairs = [('model', 'model'), ('modle', 'model'), ('mdl', 'model'), ('', 'ab'),
+             ('train_cfg', 'test_cfg'), ('ab', 'ba'), ('kitten', 'sitting')]
+    assert [edit_distance(a, b) for a, b in pairs] == [0, 1, 2, 2, 4, 1, 3]
+
+
+def test_option_originals_refuses_keys_the_config_cannot_take():
+    """mmengine's merge raises KeyError/TypeError tracebacks for these; the walk names the
+    option and the fix first."""
+    from mmengine.config import Config
+
+    from greenmim_mm.apis.launch import MISSING, CfgOptionsError, option_originals
+    cfg = Config(dict(pipeline=[dict(type='A'), dict(type='B')], train_cfg=dict(max_epochs=4)))
+    originals = option_originals(cfg, {'pipeline.1.type': 'C', 'train_cfg.new': 1, 'x.y': 2})
+    assert originals == {'pipeline.1.type': 'B', 'train_cfg.new': MISSING, 'x.y': MISSING}
+    assert option_originals(cfg, {'train_cgf.x': 1, 'trian_cfg': {}, 'test_cfg.a.b': 2}) == {
+        'train_cgf.x': MISSING, 'trian_cfg': MISSING, 'test_cfg.a.b': MISSING}
+    for key, needle in [('trian_cfg.max_epochs.x', "the config has no 'trian_cfg' (did you mean "
+                         "'train_cfg'?)"),
+                        ('pipeline.2.type', 'pipeline is a list of 2 entries; name one by its '
+                         'index (0 to 1)'),
+                        ('pipeline.first.type', 'pipeline is a list of 2 entries'),
+                        ('train_cfg.max_epochs.x', "train_cfg.max_epochs is 4, not a dict or "
+                         "list, so it has no 'x'")]:
+        with pytest.raises(CfgOptionsError) as info:
+            option_originals(cfg, {key: 1})
+        assert str(info.value).startswith(f'--cfg-options {key}: {needle}'), str(info.value)
+
+
+def test_train_nested_typo_list_index_and_wrong_value_are_one_line(tmp_path):
+    """Seen as tracebacks before: a typo above the last key part, a list index past the end
+    (mmengine's merge), a text value for a float."""
+    for number, (option, prefix, needle) in enumerate([
+            ('model.bakbone.arch=tiny', 'train: error: --cfg-options model.bakbone.arch: model '
+             "takes no argument 'bakbone'", 'unexpected keyword argument'),
+            ('modle.backbone.arch=tiny', 'train: error: --cfg-options modle.backbone.arch: the '
+             "config has no 'modle' (did you mean 'model'?)", 'spelling'),
+            ('train_dataloader.dataset.pipeline.9.type=Foo', 'train: error: --cfg-options '
+             'train_dataloader.dataset.pipeline.9.type: train_dataloader.dataset.pipeline is a '
+             'list of 4 entries', 'index (0 to 3)'),
+            ('model.backbone.drop_path_rate=abc', "train: error: --cfg-options "
+             "model.backbone.drop_path_rate='abc' (the config has 0.0): check the value",
+             'TypeError: linspace')]):
+        run = run_tool('train.py', str(DEMO_PT), '--work-dir', str(tmp_path / f'w{number}'),
+                       '--cfg-options', option, cwd=tmp_path)
+        assert_one_line_error(run, prefix, needle)
+
+
 def test_train_missing_config_is_one_line(tmp_path):
     run = run_tool('train.py', 'no_such_config.py', cwd=tmp_path)
     assert_one_line_error(run, 'train: error: config file not found', 'no_such_config.py',

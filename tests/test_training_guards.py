@@ -155,7 +155,7 @@ def test_weights_turning_nan_are_never_checkpointed(tiny_demo_data, tmp_path, mo
     """The update of iteration 2 overflows the weights while its loss was finite (a reviewer's
     lr=1e6 run wrote such an iter_2.pth): the run stops naming iteration 2; iter_1.pth stays
     and is finite; no iter_2.pth is written."""
-    from greenmim_mm import launch
+    from greenmim_mm.apis import launch
     from greenmim_mm.engine import NonFiniteWeightsError
     original, calls = torch.optim.AdamW.step, []
 
@@ -178,7 +178,7 @@ def test_weights_turning_nan_are_never_checkpointed(tiny_demo_data, tmp_path, mo
 def test_loss_turning_nan_stops_before_its_checkpoint(tiny_demo_data, tmp_path, monkeypatch):
     """Iteration 3's loss is NaN: the run raises naming iteration 3; the checkpoints of
     iterations 1-2 exist (and are finite), none of iteration 3."""
-    from greenmim_mm import launch
+    from greenmim_mm.apis import launch
     original, calls = UnitReconstructionHead.loss, []
 
     def loss_nan_from_call_3(self, *args, **kwargs):

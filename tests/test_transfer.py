@@ -268,7 +268,7 @@ def tiny_data(demo_data_factory):
 def converted(tiny_data, tmp_path_factory, load_tool):
     """A few iterations of the demo GreenMIM pre-training (tools/train.py), converted to
     backbone weights (tools/convert_checkpoint.py)."""
-    from greenmim_mm import launch
+    from greenmim_mm.apis import launch
     convert_checkpoint = load_tool('convert_checkpoint')
     work = tmp_path_factory.mktemp('transfer_pt')
     launch.main_train([PRETRAIN_DEMO, '--work-dir', str(work), '--cfg-options',
@@ -311,7 +311,7 @@ def test_demo_pretrain_convert_finetune_beats_chance(demo_cls_data, tmp_path, lo
     validation images it never trained on. It scores 31.25 % here (README, Transfer, demo)."""
     from mmpretrain.registry import MODELS
 
-    from greenmim_mm import launch
+    from greenmim_mm.apis import launch
     convert_checkpoint = load_tool('convert_checkpoint')
     data = f'{demo_cls_data}/'
     launch.main_train([PRETRAIN_DEMO, '--work-dir', str(tmp_path / 'pt'), '--cfg-options',

@@ -230,7 +230,7 @@ def tiny_data(demo_data_factory):
 def converted(tiny_data, tmp_path_factory, load_tool):
     """One epoch of the Twins demo pre-training (tools/train.py), converted to backbone weights
     (tools/convert_checkpoint.py)."""
-    from greenmim_mm import launch
+    from greenmim_mm.apis import launch
     convert_checkpoint = load_tool('convert_checkpoint')
     work = tmp_path_factory.mktemp('twins_pt')
     launch.main_train([PRETRAIN_DEMO, '--work-dir', str(work), '--cfg-options',
@@ -255,7 +255,7 @@ def assert_backbone_is(cfg, registry, checkpoint):
 
 
 def test_demo_pretrain_convert_finetune(tiny_data, converted, tmp_path):
-    from greenmim_mm import launch
+    from greenmim_mm.apis import launch
     from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
     argv = [FT_DEMO, '--work-dir', str(tmp_path), '--cfg-options',
             f'model.backbone.init_cfg.checkpoint={converted}', 'train_cfg.max_epochs=1',

@@ -1,7 +1,7 @@
 """Load one standard-library-only module of greenmim_mm without importing the package.
 
 ``import greenmim_mm`` imports torch and the OpenMMLab stack (10-40 s on a loaded CPU machine);
-the tools load their argument parsers (``greenmim_mm/cli_args.py``) with :func:`load` first, so
+the tools load their argument parsers (``greenmim_mm/apis/cli_args.py``) with :func:`load` first, so
 ``--help`` and bad arguments are answered at once. The package is located with
 ``importlib.util.find_spec``, which does not run its ``__init__`` (installed, editable, or a clone
 on ``PYTHONPATH`` alike). Not a tool itself: the tools import it as their sibling (``tools/`` is
@@ -13,7 +13,7 @@ import sys
 
 
 def load(name: str):
-    """``greenmim_mm/<name>.py`` (``name`` like ``cli_args`` or ``datasets/demo_data``) as a
+    """``greenmim_mm/<name>.py`` (``name`` like ``apis/cli_args`` or ``datasets/demo_data``) as a
     stand-alone module, cached in ``sys.modules``. The module must not import the package."""
     key = '_greenmim_mm_light_' + name.replace('/', '_')
     if key in sys.modules:

@@ -10,7 +10,8 @@
 Writes ``{'state_dict': {'backbone.<key>': tensor}}`` (weights only). Load it with
 ``init_cfg=dict(type='Pretrained', checkpoint=OUT, prefix='backbone.')`` (greenmim_mm,
 mmpretrain) or ``convert_weights=False, init_cfg=dict(type='Pretrained', checkpoint=OUT)``
-(mmdet). See ``greenmim_mm/converters.py`` for the layouts and the merge-channel orders.
+(mmdet). See ``greenmim_mm/converters/`` (one module per source layout) for the layouts and the
+merge-channel orders.
 """
 import argparse
 import sys

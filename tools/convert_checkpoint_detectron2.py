@@ -24,7 +24,7 @@ def main(argv=None) -> int:
                         '(default: backbone.bottom_up.body., GreenSwinBackbone or '
                         'GreenTwinsBackbone under an FPN)')
     args = parser.parse_args(argv)
-    from greenmim_mm.checkpoint_loading import CheckpointLoadError
+    from greenmim_mm.checkpoint.loading import CheckpointLoadError
     from greenmim_mm.detectron2 import export_detectron2_backbone
     try:
         count = export_detectron2_backbone(args.input, args.output, args.prefix)

@@ -40,7 +40,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from greenmim_mm import launch, visualization  # after parsing: --help without the stack
+    from greenmim_mm.apis import launch, visualization  # after parsing: --help without the stack
     from greenmim_mm.datasets import demo_data
     data, work = args.data_root, args.work_dir
     if not osp.isfile(osp.join(data, 'meta', 'params.json')):

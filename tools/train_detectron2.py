@@ -13,16 +13,18 @@ Known failures end with one line ``train_detectron2: error: ...`` and exit statu
 invalid config file or ``KEY VALUE`` override, missing demo data or ``MODEL.WEIGHTS`` file, a
 refused checkpoint.
 """
+import importlib.util
 import os.path as osp
 import sys
 
-try:
-    from detectron2.engine import default_argument_parser, default_setup, launch
-except ImportError as err:  # also for --help: one line, no traceback
-    sys.exit(f'train_detectron2: error: detectron2 is not importable ({err}); install the '
-             'extra (GREENMIM_MM_EXTRAS=detectron2 tools/env.sh ..., see docs/detectron2.md)')
+from _light import load
 
 PROG = 'train_detectron2'
+
+
+def import_error_line(err) -> str:
+    return (f'{PROG}: error: detectron2 is not importable ({err}); install the extra '
+            '(GREENMIM_MM_EXTRAS=detectron2 tools/env.sh ..., see docs/detectron2.md)')
 
 
 def setup(args):
@@ -39,6 +41,7 @@ def setup(args):
             register_demo_coco(args.demo_root)
         except FileNotFoundError as err:
             raise SystemExit(f'{PROG}: error: {err}') from None
+    from detectron2.engine import default_setup
     default_setup(cfg, args)
     # greenmim_mm's messages (e.g. which per-stage norms a converted checkpoint lacks) go to the
     # console and OUTPUT_DIR/log.txt too, as detectron2's and fvcore's
@@ -79,7 +82,7 @@ def main(args):
 
 def run(args):
     """:func:`main` with the known failures as one error line (``SystemExit``)."""
-    from greenmim_mm.checkpoint_loading import CheckpointLoadError
+    from greenmim_mm.checkpoint.loading import CheckpointLoadError
     try:
         return main(args)
     except (CheckpointLoadError, FileNotFoundError) as err:
@@ -87,13 +90,18 @@ def run(args):
 
 
 def parse_args(argv=None):
-    parser = default_argument_parser()
-    parser.add_argument('--demo-root', default='data/demo/coco',
-                        help='COCO folder of the demo data (default data/demo/coco)')
-    return parser.parse_args(argv)
+    """detectron2's ``default_argument_parser()`` options and ``--demo-root``, parsed with the
+    standard library (``greenmim_mm/apis/cli_args.py``): ``--help`` without importing torch."""
+    return load('apis/cli_args').parse_detectron2_train_args(argv)
 
 
 if __name__ == '__main__':
+    if importlib.util.find_spec('detectron2') is None:  # also for --help: one line
+        sys.exit(import_error_line('No module named detectron2'))
     args = parse_args()
+    try:
+        from detectron2.engine import launch
+    except ImportError as err:  # installed but broken
+        sys.exit(import_error_line(err))
     launch(run, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args, ))

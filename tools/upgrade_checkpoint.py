@@ -43,7 +43,7 @@ def main(argv=None) -> int:
         print(WARNING.format(path=args.input), file=sys.stderr, flush=True)
 
     try:
-        from greenmim_mm.checkpoint_format import upgrade_trusted_file
+        from greenmim_mm.checkpoint.upgrade import upgrade_trusted_file
         upgrade_trusted_file(args.input, args.output, before_unpickling=warn)
     except Exception as err:  # noqa: BLE001  (one clear line, never a traceback and rc 0)
         raise SystemExit(f'upgrade_checkpoint: error: {_one_line(err)[:2000]}') from None

@@ -1,6 +1,6 @@
 """``GreenDetectionCheckpointer``: detectron2's ``DetectionCheckpointer`` that loads converted
 greenmim_mm backbones, reads every file with greenmim_mm's safe loader
-(:func:`greenmim_mm.checkpoint_loading.load_checkpoint_file`: ``weights_only=True`` with an
+(:func:`greenmim_mm.checkpoint.loading.load_checkpoint_file`: ``weights_only=True`` with an
 allow-list of inert classes) and checks that every backbone weight loads.
 
 Accepted files:
@@ -27,7 +27,7 @@ README's LazyConfig route, detectron2's ``tools/lazyconfig_train_net.py`` with
 (:func:`install_one_line_errors`).
 
 Refused before any weight is loaded, naming the file: what the safe loader refuses
-(:class:`~greenmim_mm.checkpoint_loading.UnsafeCheckpointError`, ``CheckpointLoadError``) and, with
+(:class:`~greenmim_mm.checkpoint.loading.UnsafeCheckpointError`, ``CheckpointLoadError``) and, with
 :class:`CheckpointError` (a ``CheckpointLoadError``), detectron2's pickled model-zoo files
 (``.pkl``), files with non-backbone keys under ``state_dict`` (e.g. an unconverted training
 checkpoint) and backbone keys that are missing, unexpected or of the wrong shape.
@@ -41,8 +41,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from greenmim_mm.checkpoint_loading import CheckpointLoadError, load_checkpoint_file
-from greenmim_mm.fileio import atomic_torch_save, is_same_file
+from greenmim_mm.checkpoint.loading import CheckpointLoadError, load_checkpoint_file
+from greenmim_mm.checkpoint.atomic_files import atomic_torch_save, is_same_file
 
 from .backbone import MMBackbone
 

@@ -5,11 +5,12 @@ previous best one *before* writing their successor, writes files in place and po
 ``last_checkpoint`` at the new file before it is complete; a kill during a save can leave only a
 partial file and a ``last_checkpoint`` naming a deleted one. This subclass
 
-* writes every checkpoint through :class:`greenmim_mm.fileio.AtomicLocalBackend` (temporary file
-  in the same directory, flushed, ``fsync``-ed, renamed into place), then rewrites
+* writes every checkpoint through
+  :class:`greenmim_mm.checkpoint.atomic_files.AtomicLocalBackend` (temporary file in the same
+  directory, flushed, ``fsync``-ed, renamed into place), then rewrites
   ``last_checkpoint`` atomically, and only then removes checkpoints that fell out of
   ``max_keep_ckpts`` or were the previous best;
-* stores the checkpoint in the plain format (:func:`greenmim_mm.checkpoint_format.to_plain` in
+* stores the checkpoint in the plain format (:func:`greenmim_mm.checkpoint.plain_format.to_plain` in
   ``before_save_checkpoint``), which ``torch.load(path, weights_only=True)`` reads with no
   allow-list, and restores it in ``after_load_checkpoint`` (``Runner.load_checkpoint`` calls it
   before ``Runner.resume`` reads the message hub, meta and optimizer);
@@ -18,7 +19,7 @@ partial file and a ``last_checkpoint`` naming a deleted one. This subclass
   a local ``out_dir`` elsewhere is locked as well, from ``before_train``;
 * removes, when training starts, the temporary files a killed save left behind (greenmim_mm's own
   ``.*.greenmim_mm-tmp-<pid>-*.partial`` names of dead writers only,
-  :func:`~greenmim_mm.fileio.stale_partial_files`);
+  :func:`~greenmim_mm.checkpoint.atomic_files.stale_partial_files`);
 * loads ``load_from`` / ``--resume`` checkpoints strictly (``after_load_checkpoint``, before any
   training): weights missing from the file, weights the model lacks or of another shape (another
   architecture) stop the run with one :class:`CheckpointMismatchError` naming the keys;
@@ -51,9 +52,9 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
 from mmengine.model import is_model_wrapper
 
-from ..checkpoint_format import from_plain, to_plain
-from ..checkpoint_loading import CheckpointLoadError
-from ..fileio import ATOMIC_BACKEND, atomic_write_text, stale_partial_files
+from ..checkpoint.plain_format import from_plain, to_plain
+from ..checkpoint.loading import CheckpointLoadError
+from ..checkpoint.atomic_files import ATOMIC_BACKEND, atomic_write_text, stale_partial_files
 from ..registry import HOOKS
 from .non_finite_loss import NonFiniteWeightsError, check_finite_weights
 from .work_dir_lock import lock_work_dir, unlock_work_dir

@@ -13,7 +13,7 @@ from d2_utils import NANO_YAML, REPO, TWINS_NANO_YAML, load_cfg  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
-from greenmim_mm.checkpoint_loading import CheckpointLoadError, UnsafeCheckpointError  # noqa: E402
+from greenmim_mm.checkpoint.loading import CheckpointLoadError, UnsafeCheckpointError  # noqa: E402
 from greenmim_mm.converters import convert_file  # noqa: E402
 from greenmim_mm.detectron2 import CheckpointError, GreenDetectionCheckpointer  # noqa: E402
 from greenmim_mm.models import GreenSwinTransformer, GreenTwinsSVT  # noqa: E402

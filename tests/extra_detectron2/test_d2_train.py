@@ -133,12 +133,14 @@ def test_lazyconfig_route_never_unpickles_an_init_checkpoint(demo_data_factory, 
     assert not (out / 'model_final.pth').exists()
 
 
-def test_train_tool_logs_greenmim_messages_to_the_output_dir(demo_data_factory, tmp_path):
+def test_train_tool_logs_greenmim_messages_to_the_output_dir(demo_data_factory, tmp_path,
+                                                            monkeypatch):
     """``norm0``-``norm2`` missing from a converted checkpoint are reported by greenmim_mm's
     logger: the train tool now sends it to the console and OUTPUT_DIR/log.txt, as detectron2's."""
     import importlib.util
     import logging
     from d2_utils import REPO
+    monkeypatch.syspath_prepend(osp.join(REPO, 'tools'))  # as for a script: tools/_light.py
     spec = importlib.util.spec_from_file_location(
         'train_detectron2', osp.join(REPO, 'tools', 'train_detectron2.py'))
     tool = importlib.util.module_from_spec(spec)
@@ -153,13 +155,14 @@ def test_train_tool_logs_greenmim_messages_to_the_output_dir(demo_data_factory, 
     assert 'marker 1234' in (tmp_path / 'log.txt').read_text()
 
 
-def test_train_tool_known_failures_are_one_error_line(demo_data_factory, tmp_path):
+def test_train_tool_known_failures_are_one_error_line(demo_data_factory, tmp_path, monkeypatch):
     """Issue 19.7: tools/train_detectron2.py ends each known failure with one line (a
     ``SystemExit`` message: exit status 1, no traceback) naming the problem."""
     import importlib.util
     import pickle
     import re
     from d2_utils import REPO
+    monkeypatch.syspath_prepend(osp.join(REPO, 'tools'))  # as for a script: tools/_light.py
     spec = importlib.util.spec_from_file_location(
         'train_detectron2_errors', osp.join(REPO, 'tools', 'train_detectron2.py'))
     tool = importlib.util.module_from_spec(spec)

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from greenmim_mm.checkpoint_loading import CheckpointLoadError
+from greenmim_mm.checkpoint.loading import CheckpointLoadError
 
 
 class PretrainedLoadError(CheckpointLoadError):

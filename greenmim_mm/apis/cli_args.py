@@ -2,8 +2,8 @@
 
 ``import greenmim_mm`` imports torch and the OpenMMLab stack (10-40 s on a loaded CPU machine).
 The tools load this one file on its own (``tools/_light.py``) to answer ``--help`` and refuse bad
-arguments before that import; the package uses the same functions (``greenmim_mm.launch``,
-``greenmim_mm.visualization``), so both parse alike. Nothing here may import outside the standard
+arguments before that import; the package uses the same functions (``greenmim_mm.apis.launch``,
+``greenmim_mm.apis.visualization``), so both parse alike. Nothing here may import outside the standard
 library.
 """
 import argparse
@@ -113,3 +113,37 @@ def parse_localmim_picture_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog='visualize_localmim.py',
                                      description='Visualise LocalMIM head predictions')
     return add_picture_arguments(parser, 'LocalMIM', 'localmim_heads.png', 4).parse_args(argv)
+
+
+# ------------------------------------------------------------------------------ detectron2
+def detectron2_train_parser() -> argparse.ArgumentParser:
+    """``tools/train_detectron2.py``'s options: detectron2's ``default_argument_parser()``
+    (detectron2/engine/defaults.py, same options, defaults and port rule; importing it imports
+    torch and detectron2, 7-8 s) plus ``--demo-root``. The d2 suite checks it matches
+    detectron2's (tests/extra_detectron2/test_d2_cli.py)."""
+    parser = argparse.ArgumentParser(
+        prog='train_detectron2.py', formatter_class=argparse.RawDescriptionHelpFormatter,
+        description='Train or evaluate a detectron2 model with a greenmim_mm backbone',
+        epilog='Change config options: train_detectron2.py --config-file cfg.yaml '
+        'MODEL.WEIGHTS backbone.pth SOLVER.BASE_LR 0.001')
+    parser.add_argument('--config-file', default='', metavar='FILE', help='path to config file')
+    parser.add_argument('--resume', action='store_true',
+                        help='resume from the last checkpoint in OUTPUT_DIR '
+                        '(DefaultTrainer.resume_or_load)')
+    parser.add_argument('--eval-only', action='store_true', help='perform evaluation only')
+    parser.add_argument('--num-gpus', type=int, default=1, help='number of gpus *per machine*')
+    parser.add_argument('--num-machines', type=int, default=1, help='total number of machines')
+    parser.add_argument('--machine-rank', type=int, default=0,
+                        help='the rank of this machine (unique per machine)')
+    port = 2 ** 15 + 2 ** 14 + hash(os.getuid() if os.name != 'nt' else 1) % 2 ** 14
+    parser.add_argument('--dist-url', default=f'tcp://127.0.0.1:{port}',
+                        help='initialization URL for the pytorch distributed backend')
+    parser.add_argument('opts', default=None, nargs=argparse.REMAINDER,
+                        help='config options at the end of the command: "PATH.KEY VALUE" pairs')
+    parser.add_argument('--demo-root', default='data/demo/coco',
+                        help='COCO folder of the demo data (default data/demo/coco)')
+    return parser
+
+
+def parse_detectron2_train_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    return detectron2_train_parser().parse_args(argv)

@@ -9,11 +9,11 @@ mmpretrain's backbones.
 
 Allowed besides what torch's weights-only unpickler allows by default (tensors, containers,
 numbers, strings, ``OrderedDict``): inert records standing for numpy's pickled dtypes, arrays and
-scalars, rebuilt afterwards as plain numpy values only (:mod:`greenmim_mm.checkpoint_numpy`: no
+scalars, rebuilt afterwards as plain numpy values only (:mod:`greenmim_mm.checkpoint.numpy_values`: no
 state from the file ever reaches numpy's ``__setstate__``), ``argparse.Namespace`` (the ``args``
 of official GreenMIM / MAE / timm training checkpoints) and, for greenmim_mm/mmengine checkpoints
-written before the plain format (:mod:`greenmim_mm.checkpoint_format`), mmengine's
-``HistoryBuffer`` mapped to the inert :class:`~greenmim_mm.checkpoint_format.LegacyHistoryBuffer`
+written before the plain format (:mod:`greenmim_mm.checkpoint.plain_format`), mmengine's
+``HistoryBuffer`` mapped to the inert :class:`~greenmim_mm.checkpoint.plain_format.LegacyHistoryBuffer`
 record, with the ``getattr(HistoryBuffer, 'min' | 'max' | 'current' | 'mean')`` such pickles use
 for its statistics methods answered by a lookup of those four names on that record only. No
 allow-listed callable can reach an attribute, a module or code: ``builtins.getattr``, ``eval``,
@@ -25,12 +25,12 @@ inferencers when no config is given; :func:`drop_config_text` removes all three 
 loader returns (a warning for ``meta['config']``, which mmengine 0.10 never writes itself).
 
 Resource bounds (docs/checkpoints.md, "Loading safety"): before torch's unpickler runs,
-:func:`greenmim_mm.checkpoint_scan.scan_checkpoint` refuses compressed zip records, storages
+:func:`greenmim_mm.checkpoint.scan.scan_checkpoint` refuses compressed zip records, storages
 larger than their records, non-dense tensor rebuilds (quantized, sparse, nested: torch does not
 check their strides), calls other than inert constructors of values held in the file
 (``bytearray(n)``, ``torch.Tensor(n)``) and dict keys whose hashes can collide; afterwards every
 tensor must fit its storage and the numpy values rebuilt stay within the file's
-:class:`~greenmim_mm.checkpoint_numpy.DecodeBudget`.
+:class:`~greenmim_mm.checkpoint.numpy_values.DecodeBudget`.
 
 A refused file raises :class:`UnsafeCheckpointError` naming the file and the global or the
 location of the bad value; an unreadable one (truncated, not a torch file)
@@ -47,10 +47,10 @@ from typing import Any, Optional
 
 import torch
 
-from .checkpoint_format import HISTORY_STATISTICS, LegacyHistoryBuffer, from_plain
-from .checkpoint_numpy import (DecodeBudget, UnsafeNumpyValue, UnsafeValue, pickle_globals,
+from .plain_format import HISTORY_STATISTICS, LegacyHistoryBuffer, from_plain
+from .numpy_values import (DecodeBudget, UnsafeNumpyValue, UnsafeValue, pickle_globals,
                                restore_numpy)
-from .checkpoint_scan import ScanRefusal, scan_checkpoint
+from .scan import ScanRefusal, scan_checkpoint
 
 _HISTORY_BUFFER = 'mmengine.logging.history_buffer.HistoryBuffer'
 README_SECTION = 'README.md, section "Checkpoint files"'
@@ -185,9 +185,9 @@ def _allowed_names() -> dict:
 
 def load_checkpoint_file(path: str, map_location: Any = None) -> Any:
     """Load the checkpoint at ``path`` weights-only with :func:`safe_globals`, rebuild and check
-    its numpy values (:func:`greenmim_mm.checkpoint_numpy.restore_numpy`), drop its config text
+    its numpy values (:func:`greenmim_mm.checkpoint.numpy_values.restore_numpy`), drop its config text
     (:func:`drop_config_text`), then restore plain-format and legacy values
-    (:func:`greenmim_mm.checkpoint_format.from_plain`).
+    (:func:`greenmim_mm.checkpoint.plain_format.from_plain`).
 
     Raises ``FileNotFoundError`` ('... can not be found', as mmengine's loader),
     :class:`UnsafeCheckpointError` for a refused global or numpy value,
@@ -208,8 +208,8 @@ def load_checkpoint_bytes(data: bytes, source: str, map_location: Any = None) ->
 
 
 def _load(file: Any, source: str, map_location: Any) -> Any:
-    """Scan (:func:`greenmim_mm.checkpoint_scan.scan_checkpoint`), then load ``file`` weights-only
-    and restore it within the file's :class:`~greenmim_mm.checkpoint_numpy.DecodeBudget`."""
+    """Scan (:func:`greenmim_mm.checkpoint.scan.scan_checkpoint`), then load ``file`` weights-only
+    and restore it within the file's :class:`~greenmim_mm.checkpoint.numpy_values.DecodeBudget`."""
     size = file.seek(0, io.SEEK_END)
     file.seek(0)
     try:

@@ -18,7 +18,7 @@ without creating any object the file describes, and refuses (:class:`ScanRefusal
   ``Counter(dict)`` (schedulers' milestones), ``set(list)``, ``complex(x, y)``,
   ``bytearray``/``_codecs.encode`` of bytes or text in the file, ``torch.Size``,
   ``torch.device``, the numpy records and old mmengine names of
-  :mod:`greenmim_mm.checkpoint_loading`;
+  :mod:`greenmim_mm.checkpoint.loading`;
 * calls and BUILDs copying more than ``2 * len(pickle) + 4096`` items/bytes in all out of their
   arguments (a memoized value passed again and again: ``bytearray(v)`` repeated);
 * a dict key or set element other than str, bytes, bool, None or an int below ``2**61 - 1`` in

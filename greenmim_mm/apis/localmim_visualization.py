@@ -20,11 +20,11 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from PIL import Image
 
-from greenmim_mm.cli_args import parse_localmim_picture_args as parse_args
+from greenmim_mm.apis.cli_args import parse_localmim_picture_args as parse_args
 from greenmim_mm.models.target_generators import LocalMIMHOGGenerator, PixelTargetGenerator
 from greenmim_mm.models.utils import denormalize_units, patchify, unpatchify
-from greenmim_mm.visualization import (GREY, VisualizationInputError, build_model, compose_grid,
-                                       load_batch, one_line_errors, to_uint8)
+from greenmim_mm.apis.visualization import (GREY, VisualizationInputError, build_model,
+                                            compose_grid, load_batch, one_line_errors, to_uint8)
 
 
 def hog_glyphs(gen: LocalMIMHOGGenerator, cells: torch.Tensor, img_hw) -> np.ndarray:

@@ -22,9 +22,9 @@ from mmengine.runner.checkpoint import _load_checkpoint
 from PIL import Image
 from torchvision.utils import make_grid
 
-from greenmim_mm.cli_args import add_picture_arguments as add_arguments  # noqa: F401
-from greenmim_mm.cli_args import parse_reconstruction_args as parse_args
-from greenmim_mm.cli_args import positive_int  # noqa: F401
+from greenmim_mm.apis.cli_args import add_picture_arguments as add_arguments  # noqa: F401
+from greenmim_mm.apis.cli_args import parse_reconstruction_args as parse_args
+from greenmim_mm.apis.cli_args import positive_int  # noqa: F401
 
 class VisualizationInputError(ValueError):
     """A config, checkpoint or option the picture tools cannot use; the message names it."""
@@ -36,7 +36,7 @@ def one_line_errors(prog: str) -> Iterator[None]:
     stderr, exit status 1, no traceback): refused or unreadable checkpoints, weights that do not
     fit, missing files and folders (config, checkpoint, data, output folder), a config of
     another algorithm, a model config that cannot train. Anything else keeps its traceback."""
-    from greenmim_mm.checkpoint_loading import CheckpointLoadError
+    from greenmim_mm.checkpoint.loading import CheckpointLoadError
     from greenmim_mm.models.algorithms.greenmim import ModelConfigError
     try:
         yield
@@ -146,7 +146,7 @@ def visualize(cfg: Config, checkpoint: str, num: int = 8, data_root=None, seed: 
 
 
 def main(argv=None):
-    from greenmim_mm.launch import check_exists
+    from greenmim_mm.apis.launch import check_exists
     args = parse_args(argv)
     with one_line_errors('visualize_reconstruction'):
         check_exists(args.config, 'config file not found')

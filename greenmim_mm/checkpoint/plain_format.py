@@ -18,16 +18,18 @@ lists, dicts and Python scalars, tagged so that :func:`from_plain` restores the 
 
 Anything else raises :class:`PlainFormatError` naming where it sits. Checkpoints written before
 this format (mmengine's pickled ``HistoryBuffer``) are read through
-:mod:`greenmim_mm.checkpoint_loading`, which maps each ``HistoryBuffer`` to an inert
+:mod:`greenmim_mm.checkpoint.loading`, which maps each ``HistoryBuffer`` to an inert
 :class:`LegacyHistoryBuffer` record; :func:`from_plain` turns those into real ones too.
 """
 import math
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
+
+from .numpy_values import DecodeBudget, UnsafeNumpyValue, _Path, check_plain_dtype, plain_dtype
 
 TAG = '__greenmim_mm_plain__'
 _LEAVES = (str, bytes, bool, int, float, complex, type(None), torch.dtype, torch.device,
@@ -75,8 +77,6 @@ _IN_PROGRESS = object()
 
 def _one_to_plain(obj: Any, where: Any, memo: dict) -> Any:
     from mmengine.logging import HistoryBuffer
-
-    from .checkpoint_numpy import _Path
     if isinstance(obj, HistoryBuffer):
         log, count = obj.data
         return {TAG: 'HistoryBuffer', 'log_history': _array_to_plain(log, where),
@@ -103,7 +103,6 @@ def _one_to_plain(obj: Any, where: Any, memo: dict) -> Any:
 
 
 def _mapping_to_plain(obj: Mapping, where: Any, memo: dict) -> dict:
-    from .checkpoint_numpy import _Path
     bad = [k for k in obj if type(k) not in _LEAVES]
     if bad:
         raise PlainFormatError(f'{where}: keys must be str or numbers, got {bad[0]!r} '
@@ -118,7 +117,6 @@ def _mapping_to_plain(obj: Mapping, where: Any, memo: dict) -> dict:
 
 
 def _check_dtype(dtype: np.dtype, where: str) -> None:
-    from .checkpoint_numpy import UnsafeNumpyValue, check_plain_dtype
     try:
         check_plain_dtype(dtype, where)
     except UnsafeNumpyValue as err:  # the loader would refuse it
@@ -142,9 +140,8 @@ def from_plain(obj: Any, memo: Optional[dict] = None, budget: Any = None) -> Any
     original objects; everything else is returned as is. A container met twice (shared
     references in the pickle) is restored once, so the work is linear in the file's size, not in
     its expanded size; the numpy values made are charged to ``budget`` (a
-    :class:`~greenmim_mm.checkpoint_numpy.DecodeBudget`; none: unbounded). Raises ``ValueError``
+    :class:`~greenmim_mm.checkpoint.numpy_values.DecodeBudget`; none: unbounded). Raises ``ValueError``
     on a malformed tagged value, ``UnsafeValue`` past the budget."""
-    from .checkpoint_numpy import DecodeBudget
     return _Restorer(memo, budget or DecodeBudget()).restore(obj)
 
 
@@ -180,7 +177,6 @@ class _Restorer:
         return obj
 
     def tagged(self, obj: dict) -> Any:
-        from .checkpoint_numpy import plain_dtype
         kind = obj[TAG]
         if kind == 'HistoryBuffer':
             return _history_buffer(self.restore(obj['log_history']),
@@ -203,7 +199,6 @@ class _Restorer:
     def array(self, obj: dict) -> np.ndarray:
         """A tagged ndarray: its values counted (shared sub-lists once, leaves of the dtype's
         Python type), then its bytes charged to the budget before numpy allocates them."""
-        from .checkpoint_numpy import plain_dtype
         data, shape = obj['data'], obj['shape']
         dtype = plain_dtype(obj['dtype'], 'a tagged ndarray')
         if not (isinstance(shape, list) and all(type(n) is int and 0 <= n < 2**40
@@ -261,38 +256,3 @@ def _history_buffer(log_history, count_history, max_length):
         raise ValueError('a HistoryBuffer in the checkpoint has max_length '
                          f'{_short_repr(max_length)}')
     return HistoryBuffer(log_history, count_history, max_length=int(max_length))
-
-
-# ---------------------------------------------------------------------------- upgrading
-def upgrade_trusted_file(in_path: str, out_path: str,
-                         before_unpickling: Callable[[], None] = lambda: None) -> bool:
-    """Rewrite the checkpoint ``in_path`` in the plain format to ``out_path`` (atomically).
-
-    A file the safe loader reads (:func:`greenmim_mm.checkpoint_loading.load_checkpoint_file`) is
-    rewritten from what it returns, running nothing from the file. Otherwise
-    ``before_unpickling()`` is called (the tool prints its warning) and ``in_path`` is
-    **unpickled with ``weights_only=False``: it runs whatever code the file holds.** Only for
-    files you produced yourself. Returns whether that unsafe unpickling happened.
-
-    Raises ``ValueError`` when ``out_path`` is ``in_path`` (same file, any spelling),
-    :class:`PlainFormatError` when a value has no plain form, whatever loading raises; the result
-    is checked to load with plain ``torch.load(weights_only=True)`` before it is written.
-    """
-    import io
-
-    from .checkpoint_loading import UnsafeCheckpointError, load_checkpoint_file
-    from .fileio import atomic_write_bytes, is_same_file
-    if is_same_file(in_path, out_path):
-        raise ValueError(f'output {out_path} is the input file {in_path}; choose another path')
-    try:
-        checkpoint, unsafe = load_checkpoint_file(in_path, map_location='cpu'), False
-    except UnsafeCheckpointError:
-        before_unpickling()
-        checkpoint = torch.load(in_path, map_location='cpu', weights_only=False)
-        unsafe = True
-    buffer = io.BytesIO()
-    torch.save(to_plain(checkpoint), buffer)
-    buffer.seek(0)
-    torch.load(buffer, weights_only=True)  # the point of the format: no allow-list needed
-    atomic_write_bytes(out_path, buffer.getbuffer())
-    return unsafe

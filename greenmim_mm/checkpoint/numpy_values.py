@@ -48,7 +48,7 @@ class UnsafeTensor(UnsafeValue):
 
 class DecodeBudget:
     """Bytes that rebuilding one file's values may still allocate: ``numpy`` for numpy arrays
-    and scalars (ours and tagged ones, :mod:`greenmim_mm.checkpoint_format`), ``tensors`` for the
+    and scalars (ours and tagged ones, :mod:`greenmim_mm.checkpoint.plain_format`), ``tensors`` for the
     elements of its distinct tensors (views can describe more elements than their storage)."""
 
     def __init__(self, numpy_bytes: float = math.inf, tensor_bytes: float = math.inf):
