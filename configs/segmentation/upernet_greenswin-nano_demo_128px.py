@@ -3,8 +3,9 @@
 # (`python tools/make_demo_data.py`: data/demo/ade, 128x128 images, background + 5 shape classes,
 # mmseg's ADE20K layout and labels), on the CPU in a few minutes.
 # upernet_greenswin-b-p4-w7_8xb2-amp-160k_ade20k-512x512.py scaled down: 64-channel UPerHead,
-# 32-channel auxiliary FCNHead, BN instead of SyncBN, 128-px crops, fp32, 1000 iterations of 8
-# images; AdamW with greenmim_mm's Swin layer-decay constructor; warm-up then poly.
+# 32-channel auxiliary FCNHead, BN instead of SyncBN, 128-px crops, fp32, 800 iterations of 4
+# images; AdamW with greenmim_mm's Swin layer-decay constructor, heads at 10x the top rate; OHEM
+# pixel sampling; 20 warm-up iterations then poly. Measured: docs/segmentation.md (demo section).
 _base_ = [
     'mmseg::_base_/models/upernet_swin.py', 'mmseg::_base_/default_runtime.py',
     'mmseg::_base_/schedules/schedule_160k.py'
