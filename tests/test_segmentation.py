@@ -408,12 +408,15 @@ def test_vit_layer_decay_rates_are_beits():
 
 
 def test_demo_layer_decay_rates():
-    """The nano demo (depths 2-2-2-2): lr 1e-3 * 0.9 ** (9 - id) for every backbone parameter."""
+    """The nano demo (depths 2-2-2-2): lr 1e-3 * 0.9 ** (9 - id) for every backbone parameter,
+    10 times the top rate (1e-2) for the decode and auxiliary heads."""
     cfg = no_init(seg_config(DEMO))
     model = build_segmentor(cfg)
     groups = param_groups(model, cfg.optim_wrapper)
     for name, group in groups.items():
-        assert group['lr'] == pytest.approx(1e-3 * 0.9**(9 - swin_layer_id(name, [2] * 4))), name
+        head = name.startswith(('decode_head.', 'auxiliary_head.'))
+        rate = 1e-3 * 0.9**(9 - swin_layer_id(name, [2] * 4)) * (10.0 if head else 1.0)
+        assert group['lr'] == pytest.approx(rate, rel=1e-6), name
 
 
 # ----------------------------------------------------------------------------- demo data
