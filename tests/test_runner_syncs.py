@@ -56,10 +56,10 @@ def pinned_collate(collate):
     return collate_pinned
 
 
-def audited_run(name, data, work_dir, runtime_info=None):
+def audited_run(name, data, work_dir, runtime_info=None, clip_grad=None):
     """The audit events of each of the first ``ITERS`` iterations of a run of the demo config
     ``name`` with the ImageNet recipe's hooks and optimizer wrapper (``runtime_info``: another
-    ``default_hooks.runtime_info``)."""
+    ``default_hooks.runtime_info``; ``clip_grad``: the optimizer wrapper's)."""
     from mmengine.runner import Runner
     from mmengine.runner.loops import _InfiniteDataloaderIterator
     cfg = Config.fromfile(osp.join(ROOT, 'configs', 'pretrain', f'{name}.py'))
@@ -74,6 +74,7 @@ def audited_run(name, data, work_dir, runtime_info=None):
     cfg.custom_hooks = imagenet.custom_hooks
     cfg.optim_wrapper = imagenet.optim_wrapper
     cfg.optim_wrapper.paramwise_cfg = None
+    cfg.optim_wrapper.clip_grad = clip_grad
     cfg.auto_scale_lr = None
     cfg.work_dir = str(work_dir)
     cfg.train_dataloader.dataset.data_root = data + '/'
@@ -110,11 +111,15 @@ def test_runner_iterations_read_nothing_between_logging_iterations(name, demo_da
     assert per_iteration[1:] == [[]] * (ITERS - 1), per_iteration
 
 
-def test_the_runner_audit_sees_mmengine_runtime_info_reads(demo_data_factory, tmp_path):
-    """The same run with mmengine's RuntimeInfoHook: every iteration reads the loss (its
-    update_scalar's .item()), so the audit above does see the hooks' reads."""
+@pytest.mark.parametrize('change', ['runtime_info', 'clip_grad'])
+def test_the_runner_audit_sees_per_iteration_reads(change, demo_data_factory, tmp_path):
+    """Positive controls of the audit above: mmengine's RuntimeInfoHook reads the loss every
+    iteration (its update_scalar's .item()); gradient clipping reads the gradient norm every
+    iteration (mmengine's OptimWrapper logs float(norm)), which is why the pre-training configs
+    do not clip (docs/gpu.md)."""
     data = demo_data_factory('runner_syncs_ref', train_per_class=2, val_per_class=1)
-    per_iteration = audited_run('greenmim_swin-nano_demo_128px', data, tmp_path,
-                                dict(type='RuntimeInfoHook'))
+    kw = dict(runtime_info=dict(type='RuntimeInfoHook')) if change == 'runtime_info' else \
+        dict(clip_grad=dict(max_norm=1.0))
+    per_iteration = audited_run('greenmim_swin-nano_demo_128px', data, tmp_path, **kw)
     assert all([e.kind for e in events] == ['read_back'] for events in per_iteration[1:]), \
         per_iteration
