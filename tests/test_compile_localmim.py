@@ -76,12 +76,14 @@ def test_compiled_localmim_step_is_one_graph_over_masks(build, size):
     assert counter.frame_count == 1
 
 
-def test_plan_step_is_outside_an_outer_compile():
+@pytest.mark.parametrize('build,size', [(build_swin, 128), (build_vit, 64), (build_twins, 128)],
+                         ids=['swin', 'vit', 'twins'])
+def test_plan_step_is_outside_an_outer_compile(build, size):
     """Compiling the whole ``loss`` (as the runner-level compile does with train_step): the
     plan step runs eagerly (torch.compiler.disable), one graph, no recompile over the masks."""
     torch._dynamo.reset()
     counter = CompileCounter()
-    model = build_swin()
+    model = build()
     calls = []
     take = model._take_plan
 
@@ -90,7 +92,7 @@ def test_plan_step_is_outside_an_outer_compile():
         return take(img)
     model._take_plan = spy
     loss = torch.compile(model.loss, backend=counter)
-    x = torch.randn(2, 3, 128, 128)
+    x = torch.randn(2, 3, size, size)
     for _ in range(4):
         sum(loss(x).values()).backward()
     assert calls == [False] * 4

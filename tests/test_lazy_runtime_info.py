@@ -202,3 +202,17 @@ def test_pretrain_configs_use_the_lazy_hooks(name):
     assert cfg.default_hooks.runtime_info.type == 'LazyRuntimeInfoHook'
     [check] = [h for h in cfg.custom_hooks if h.type == 'NonFiniteLossHook']
     assert check.interval == 'logger'
+
+
+def test_logged_values_survive_reuse_of_the_step_output_memory():
+    """Compiled steps with CUDA graphs (``mode='reduce-overhead'``, or ``'max-autotune'`` on a
+    GPU) write every replay's outputs into the same memory: the values the lazy hook logs later
+    must be those of their own iteration, not of whatever the buffer holds at the read."""
+    runner = fake_runner(interval=3, iters_per_epoch=10)
+    hook = LazyRuntimeInfoHook()
+    buffer = torch.zeros(())   # the step's output memory, reused by every iteration
+    for i in range(3):
+        runner.iter = i
+        buffer.fill_(float(i) + 0.5)
+        hook.after_train_iter(runner, i, outputs=dict(loss=buffer))
+    assert runner.message_hub.get_scalar('train/loss').data[0].tolist() == [0.5, 1.5, 2.5]

@@ -10,15 +10,16 @@ traces, the captured graphs run op by op).
 """
 import os.path as osp
 
+import pytest
 import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
 
 from greenmim_mm.models.algorithms.greenmim import GreenMIM
 
-ITERS = 5
+ITERS = 8
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-DEMO = osp.join(ROOT, 'configs', 'pretrain', 'greenmim_swin-nano_demo_128px.py')
+DEMOS = ['greenmim_swin-nano_demo_128px', 'localmim_swin-nano_demo_128px']
 
 
 class Record(Hook):
@@ -36,9 +37,9 @@ class Record(Hook):
         self.graphs.append(counters['stats']['unique_graphs'])
 
 
-def run(work_dir, data_root, compile_cfg):
+def run(name, work_dir, data_root, compile_cfg):
     from mmengine.runner import Runner
-    cfg = Config.fromfile(DEMO)
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'pretrain', f'{name}.py'))
     cfg.work_dir = str(work_dir)
     cfg.train_dataloader.dataset.data_root = data_root + '/'
     cfg.train_dataloader.batch_size = 2
@@ -57,8 +58,9 @@ def run(work_dir, data_root, compile_cfg):
     return runner, record
 
 
-def test_runner_compile_keeps_the_plan_outside_and_the_eager_losses(demo_data_factory, tmp_path,
-                                                                     monkeypatch):
+@pytest.mark.parametrize('name', DEMOS)
+def test_runner_compile_keeps_the_plan_outside_and_the_eager_losses(name, demo_data_factory,
+                                                                     tmp_path, monkeypatch):
     data = demo_data_factory('runner_compile', train_per_class=1, val_per_class=1)
     tracing = []
     take = GreenMIM._take_plan
@@ -70,9 +72,9 @@ def test_runner_compile_keeps_the_plan_outside_and_the_eager_losses(demo_data_fa
     torch._dynamo.reset()
     from torch._dynamo.utils import counters
     counters.clear()
-    _, eager = run(tmp_path / 'eager', data, None)
+    _, eager = run(name, tmp_path / 'eager', data, None)
     assert tracing == [False] * ITERS and eager.graphs == [0] * ITERS
-    runner, compiled = run(tmp_path / 'compiled', data, dict(backend='eager'))
+    runner, compiled = run(name, tmp_path / 'compiled', data, dict(backend='eager'))
     assert type(runner.model.train_step).__name__ != 'method'   # compiled by the runner
     assert tracing[ITERS:] == [False] * ITERS   # the plan ran eagerly, outside every graph
     assert compiled.graphs[0] >= 1   # dynamo captured the step

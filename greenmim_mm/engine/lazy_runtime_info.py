@@ -5,8 +5,8 @@ mmengine 0.10.7's ``RuntimeInfoHook.after_train_iter`` pushes every entry of the
 ``update_scalar``, which calls ``.item()``: one host-device synchronisation per loss term per
 iteration, which stalls the host until the GPU has finished the step.
 
-``LazyRuntimeInfoHook`` keeps the detached tensors of every iteration and pushes them, in
-iteration order and with the values ``.item()`` would give, only when something reads the
+``LazyRuntimeInfoHook`` keeps detached device copies of every iteration's tensors and pushes
+them, in iteration order and with the values ``.item()`` would give, only when something reads the
 message hub's training scalars (:func:`logging_iteration`, validation, checkpoint saves, epoch
 and training end), in one read per (device, dtype) group (``torch.stack(...).tolist()``). The
 hub's histories, and so the logged (smoothed) values and the checkpoints' ``message_hub``, are
@@ -87,7 +87,10 @@ class LazyRuntimeInfoHook(RuntimeInfoHook):
         if value.numel() != 1:
             raise ValueError(f'train step output {key!r} has {value.numel()} elements; the '
                              'message hub logs scalars (one element) only')
-        return value.detach()
+        # a copy (one device kernel, no sync): a step compiled with CUDA graphs
+        # (mode='reduce-overhead', 'max-autotune' on a GPU) reuses its output memory on the
+        # next replay, before this value is read
+        return value.detach().clone()
 
     def flush(self, runner) -> None:
         """Push every pending iteration's outputs into the message hub (one read per
