@@ -43,6 +43,10 @@ class LocalMIMSegMAE(StrictPretrainedMixin, MAE):
     FILE must fit (``pos_embed`` of any square grid is resized); missing from FILE may be only
     ``OPTIONAL_MISSING`` (zero relative position bias tables, layer scales at ``init_values``).
     Raises :class:`greenmim_mm.models.backbones.pretrained.PretrainedLoadError` otherwise.
+
+    Keep ``MAE`` in the class name: mmseg's ``LayerDecayOptimizerConstructor`` gives BEiT's
+    per-block layer ids only to backbones whose class name contains ``BEiT`` or ``MAE`` (others
+    get one id for every parameter, silently).
     """
     OPTIONAL_MISSING = (r'layers\.\d+\.attn\.relative_position_bias_table',
                         r'layers\.\d+\.attn\.relative_position_index',
