@@ -323,6 +323,16 @@ def test_converted_twins_loads(tmp_path, load_tool):
     model.init_weights()
     assert_loaded(model, converted, ('norm_after_stage0.', 'norm_after_stage1.',
                                      'norm_after_stage2.'))
+    # strict both ways: a missing backbone tensor or a tensor the backbone lacks is one error
+    sd = torch.load(converted, weights_only=True)['state_dict']
+    missing = {k: v for k, v in sd.items() if k != 'backbone.stages.2.0.attn.qkv.weight'}
+    extra = dict(sd, **{'backbone.stages.9.proj.weight': torch.zeros(1)})
+    for name, broken, key in (('missing', missing, r'stages\.2\.0\.attn\.qkv\.weight'),
+                              ('extra', extra, r'stages\.9\.proj\.weight')):
+        cfg.model.backbone.init_cfg.checkpoint = save({'state_dict': broken},
+                                                      tmp_path / f'{name}.pth')
+        with pytest.raises(PretrainedLoadError, match=rf'{name}\.pth.*{key}'):
+            build_segmentor(cfg).backbone.init_weights()
 
 
 def official_localmim_vit(img=64, depth=12, embed=SMALL_VIT['embed_dims'], heads=2):
