@@ -1,4 +1,5 @@
-"""What mmsegmentation lacks for our backbones: strict loading of a converted LocalMIM ViT.
+"""What mmsegmentation lacks for our backbones: strict loading of a converted LocalMIM ViT and
+the official LocalMIM ViT's average-pooling feature pyramid.
 
 Imported by the segmentation configs (``custom_imports=dict(imports=['greenmim_mm',
 'greenmim_mm.segmentation'])``); needs mmsegmentation (the ``seg`` extra), which ``import
@@ -17,8 +18,14 @@ adds over mmseg's ``MAE`` is the load itself: strict (:class:`StrictPretrainedMi
 loads with ``strict=False``, the position embedding resized to the segmentation input size
 (mmseg's ``MAE.resize_abs_pos_embed``, bicubic), and only the parameters a ViT pre-training cannot
 have (relative position tables, layer scales, their index buffers) left at their initial values.
+
+:class:`LocalMIMFeature2Pyramid` is mmseg's ``Feature2Pyramid`` neck (BEiT's fpn1-fpn4) with the
+official LocalMIM ViT's downsampling: ``nn.AvgPool2d`` where BEiT and mmseg max-pool
+(``semantic_segmentation/backbone/vit.py``: ``fpn4 = nn.AvgPool2d(kernel_size=2, stride=2)``).
 """
+from torch import nn
 from mmseg.models.backbones import MAE
+from mmseg.models.necks import Feature2Pyramid
 
 from greenmim_mm.models.backbones.pretrained import StrictPretrainedMixin
 from greenmim_mm.registry import MODELS
@@ -36,6 +43,10 @@ class LocalMIMSegMAE(StrictPretrainedMixin, MAE):
     FILE must fit (``pos_embed`` of any square grid is resized); missing from FILE may be only
     ``OPTIONAL_MISSING`` (zero relative position bias tables, layer scales at ``init_values``).
     Raises :class:`greenmim_mm.models.backbones.pretrained.PretrainedLoadError` otherwise.
+
+    Keep ``MAE`` in the class name: mmseg's ``LayerDecayOptimizerConstructor`` gives BEiT's
+    per-block layer ids only to backbones whose class name contains ``BEiT`` or ``MAE`` (others
+    get one id for every parameter, silently).
     """
     OPTIONAL_MISSING = (r'layers\.\d+\.attn\.relative_position_bias_table',
                         r'layers\.\d+\.attn\.relative_position_index',
@@ -56,4 +67,22 @@ class LocalMIMSegMAE(StrictPretrainedMixin, MAE):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-__all__ = ['LocalMIMSegMAE']
+@MODELS.register_module()
+class LocalMIMFeature2Pyramid(Feature2Pyramid):
+    """mmseg ``Feature2Pyramid`` (same arguments, same outputs) whose 1/2 and 1/4 rescales
+    average-pool, as the official LocalMIM ViT segmentation backbone's ``fpn4`` (and its
+    patch-8 ``fpn3``/``fpn4``) do; mmseg's max-pools (BEiT's choice).
+
+    Input: tuple of len(rescales) (B, C, H, W) maps; output: the same maps rescaled by
+    ``rescales`` (no parameters in the pooling, so the state dict is mmseg's).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if hasattr(self, 'downsample_2x'):
+            self.downsample_2x = nn.AvgPool2d(kernel_size=2, stride=2)
+        if hasattr(self, 'downsample_4x'):
+            self.downsample_4x = nn.AvgPool2d(kernel_size=4, stride=4)
+
+
+__all__ = ['LocalMIMFeature2Pyramid', 'LocalMIMSegMAE']

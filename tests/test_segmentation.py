@@ -225,6 +225,36 @@ def test_official_localmim_settings():
     assert vit.model.pretrained is None  # the base's MAE file would override init_cfg
 
 
+def test_vit_feature_pyramid_is_the_official_localmim_one():
+    """The ViT-B config's neck computes the official LocalMIM ViT's fpn1-fpn4
+    (semantic_segmentation/backbone/vit.py): fpn1 = ConvT 2x2, BN, GELU, ConvT 2x2; fpn2 = ConvT
+    2x2; fpn3 = identity; fpn4 = 2x2 *average* pool (BEiT and mmseg's Feature2Pyramid max-pool)."""
+    import torch.nn.functional as F
+    from mmseg.registry import MODELS
+    cfg = small_vit(seg_config(VIT_B))
+    init_default_scope(cfg.default_scope)
+    neck = revert_sync_batchnorm(MODELS.build(cfg.model.neck)).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in neck.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+        bn = neck.upsample_4x[1]
+        bn.running_mean.copy_(torch.randn(bn.num_features, generator=g))
+        bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
+        feats = [torch.randn(2, SMALL_VIT['embed_dims'], 4, 4, generator=g) for _ in range(4)]
+        out = neck(feats)
+        up1, _, _, up2 = neck.upsample_4x
+        fpn1 = F.conv_transpose2d(feats[0], up1.weight, up1.bias, stride=2)
+        fpn1 = F.gelu(F.batch_norm(fpn1, bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                                   eps=bn.eps))
+        fpn1 = F.conv_transpose2d(fpn1, up2.weight, up2.bias, stride=2)
+        up = neck.upsample_2x[0]
+        ref = (fpn1, F.conv_transpose2d(feats[1], up.weight, up.bias, stride=2), feats[2],
+               F.avg_pool2d(feats[3], 2, 2))
+    for o, r in zip(out, ref):
+        torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- strict loading
 def swin_pretraining_checkpoint(arch, window, **kw):
     """A greenmim_mm-style pre-training checkpoint of a Swin (backbone with the last stage's norm
@@ -293,6 +323,16 @@ def test_converted_twins_loads(tmp_path, load_tool):
     model.init_weights()
     assert_loaded(model, converted, ('norm_after_stage0.', 'norm_after_stage1.',
                                      'norm_after_stage2.'))
+    # strict both ways: a missing backbone tensor or a tensor the backbone lacks is one error
+    sd = torch.load(converted, weights_only=True)['state_dict']
+    missing = {k: v for k, v in sd.items() if k != 'backbone.stages.2.0.attn.qkv.weight'}
+    extra = dict(sd, **{'backbone.stages.9.proj.weight': torch.zeros(1)})
+    for name, broken, key in (('missing', missing, r'stages\.2\.0\.attn\.qkv\.weight'),
+                              ('extra', extra, r'stages\.9\.proj\.weight')):
+        cfg.model.backbone.init_cfg.checkpoint = save({'state_dict': broken},
+                                                      tmp_path / f'{name}.pth')
+        with pytest.raises(PretrainedLoadError, match=rf'{name}\.pth.*{key}'):
+            build_segmentor(cfg).backbone.init_weights()
 
 
 def official_localmim_vit(img=64, depth=12, embed=SMALL_VIT['embed_dims'], heads=2):

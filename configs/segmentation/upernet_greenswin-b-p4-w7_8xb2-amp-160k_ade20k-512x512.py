@@ -1,5 +1,5 @@
 # UperNet + GreenMIM/LocalMIM-pre-trained Swin-B (window 7) on ADE20K, 512x512 crops, 160k
-# iterations, 8 GPUs x 2 images, AMP (fp16, dynamic loss scale).
+# iterations, 8 GPUs x 2 images, AMP (fp16, dynamic loss scale; the official recipe is fp32).
 # Recipe: the official LocalMIM Swin-B segmentation config (LocalMIM's official code,
 # semantic_segmentation/configs/upernet_swin_base_12_512_slide_160k_ade20k.py, mmseg 0.11):
 # AdamW lr 6e-5, betas (0.9, 0.999), wd 0.01 (none on absolute_pos_embed,

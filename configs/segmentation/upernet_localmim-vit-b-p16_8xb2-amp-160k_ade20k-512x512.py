@@ -7,10 +7,11 @@
 # min 0), drop path 0.1, outputs of blocks [1, 3, 9, 11], UPerHead with 768 channels + auxiliary
 # FCNHead (weight 0.4) on the third output, slide inference (512 crops, stride 341).
 # Its backbone (BEiT's ViT with an absolute position embedding, per-block relative position bias
-# tables initialised to zero, layer scale init 1) and BEiT's feature-pyramid adapters
-# (fpn1: 2 x ConvTranspose 2x2 with BN + GELU, fpn2: ConvTranspose, fpn3: identity, fpn4:
-# max-pool) are mmseg 1.2.2 parts: the `MAE` backbone (subclassed as greenmim_mm.LocalMIMSegMAE
-# only to load converted weights strictly) and the `Feature2Pyramid` neck; the layer decay is
+# tables initialised to zero, layer scale init 1) and its feature-pyramid adapters (BEiT's
+# fpn1: 2 x ConvTranspose 2x2 with BN + GELU, fpn2: ConvTranspose, fpn3: identity; fpn4: 2x2
+# *average* pool where BEiT max-pools) are mmseg 1.2.2 parts: the `MAE` backbone (subclassed as
+# greenmim_mm.LocalMIMSegMAE only to load converted weights strictly) and the `Feature2Pyramid`
+# neck (subclassed as greenmim_mm.LocalMIMFeature2Pyramid only to average-pool); the layer decay is
 # mmseg's `LayerDecayOptimizerConstructor` (BEiT's rule: cls token, position and patch embedding
 # id 0, block i id i + 1, neck and heads 13; lr scale 0.65 ** (13 - id); no weight decay on 1-D
 # parameters and biases). Base: mmseg's MAE UperNet config, which has the same structure.
@@ -39,7 +40,7 @@ model = dict(
         drop_path_rate=0.1,
         out_indices=[1, 3, 9, 11],
         init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
-    neck=dict(embed_dim=768, rescales=[4, 2, 1, 0.5]),
+    neck=dict(type='greenmim_mm.LocalMIMFeature2Pyramid', embed_dim=768, rescales=[4, 2, 1, 0.5]),
     decode_head=dict(in_channels=[768, 768, 768, 768], num_classes=150, channels=768),
     auxiliary_head=dict(in_channels=768, num_classes=150),
     test_cfg=dict(mode='slide', crop_size=(512, 512), stride=(341, 341)))
