@@ -37,6 +37,11 @@ LAYOUTS = ('padded', 'packed')
 FLEX_BLOCK = 16
 
 
+# Rows of a packed plan's slot_table and of its block_num/block_idx (see ``WindowPlan``).
+PACKED_SLOT_NAMES = ('order', 'window_id', 'rows', 'cols')
+PACKED_BLOCK_NAMES = ('full_kv', 'kv', 'full_q', 'q')
+
+
 @dataclass
 class WindowPlan:
     """Attention layout of one stage and shift parity (N visible tokens).
@@ -61,6 +66,11 @@ class WindowPlan:
         int32: FlexAttention's ``BlockMask`` arrays, built here on the host (a window's blocks
         attend each other; pairs whose key block is the window's partly filled last block are
         partial, i.e. apply the mask_mod).
+        These are attributes (not fields): views of three fields, so a packed plan holds three
+        tensors plus ``inverse`` instead of thirteen: slot_table (4, L) long (rows ``order``,
+        ``window_id``, ``rows``, ``cols``), block_num (4, 1, 1, nb) and block_idx
+        (4, 1, 1, nb, nb) int32 (rows ``PACKED_BLOCK_NAMES``). ``__post_init__`` makes the views
+        (``step_plan``'s rebuild runs it too).
     """
     window: int
     shift: int
@@ -69,19 +79,20 @@ class WindowPlan:
     inverse: Optional[torch.Tensor] = None
     slot_window: Optional[torch.Tensor] = None
     slot_code: Optional[torch.Tensor] = None
-    order: Optional[torch.Tensor] = None
-    window_id: Optional[torch.Tensor] = None
-    rows: Optional[torch.Tensor] = None
-    cols: Optional[torch.Tensor] = None
-    kv_num_blocks: Optional[torch.Tensor] = None
-    kv_indices: Optional[torch.Tensor] = None
-    full_kv_num_blocks: Optional[torch.Tensor] = None
-    full_kv_indices: Optional[torch.Tensor] = None
-    q_num_blocks: Optional[torch.Tensor] = None
-    q_indices: Optional[torch.Tensor] = None
-    full_q_num_blocks: Optional[torch.Tensor] = None
-    full_q_indices: Optional[torch.Tensor] = None
+    slot_table: Optional[torch.Tensor] = None
+    block_num: Optional[torch.Tensor] = None
+    block_idx: Optional[torch.Tensor] = None
     block: int = FLEX_BLOCK
+
+    def __post_init__(self):
+        """The packed layout's named views of ``slot_table``/``block_num``/``block_idx`` (None
+        in the padded layout)."""
+        table, num, idx = self.slot_table, self.block_num, self.block_idx
+        for i, name in enumerate(PACKED_SLOT_NAMES):
+            setattr(self, name, None if table is None else table[i])
+        for i, name in enumerate(PACKED_BLOCK_NAMES):
+            setattr(self, f'{name}_num_blocks', None if num is None else num[i])
+            setattr(self, f'{name}_indices', None if idx is None else idx[i])
 
     def to(self, device) -> 'WindowPlan':
         """Copy the tensors to ``device`` (non-blocking)."""
@@ -280,11 +291,10 @@ def _packed_plan(coords, labels_sorted, order, counts, first, window, shift,
     slot[2:, pos] = coords[order].T
     inverse = np.empty(n, dtype=np.int64)
     inverse[order] = pos
-    kv = _block_index(win_blocks, first_block, counts % block == 0, nb)
+    num, idx = _block_index(win_blocks, first_block, counts % block == 0, nb)
     t = torch.from_numpy
-    return WindowPlan(window, shift, 'packed', order=t(slot[0]), inverse=t(inverse),
-                      window_id=t(slot[1]), rows=t(slot[2]), cols=t(slot[3]),
-                      block=block, **{k: t(v) for k, v in kv.items()})
+    return WindowPlan(window, shift, 'packed', inverse=t(inverse), slot_table=t(slot),
+                      block_num=t(num), block_idx=t(idx), block=block)
 
 
 def _block_index(win_blocks: np.ndarray, first_block: np.ndarray, last_full: np.ndarray,
@@ -314,8 +324,7 @@ def _block_index(win_blocks: np.ndarray, first_block: np.ndarray, last_full: np.
     rows = first[..., None] + col
     rows[col >= count[..., None]] = 0
     idx[:, 0, 0, :used, :len(col)] = rows
-    return {f'{name}_{kind}': array[i] for i, name in enumerate(('full_kv', 'kv', 'full_q', 'q'))
-            for kind, array in (('num_blocks', num), ('indices', idx))}
+    return num, idx
 
 
 def relative_position_index(q_coords, k_coords, window: int):

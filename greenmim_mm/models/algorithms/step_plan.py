@@ -198,6 +198,9 @@ def _run(node, views: List[torch.Tensor], device, built: dict):
         built[node_id] = new
         for name, child in children:
             object.__setattr__(new, name, _run(child, views, device, built))
+        post_init = getattr(new, '__post_init__', None)
+        if post_init is not None:  # as the dataclass's constructor would (e.g. derived views)
+            post_init()
     elif kind == 'dict':
         new = built[node_id] = type(obj)()
         for key, child in children:
