@@ -181,7 +181,11 @@ def test_block_arrays_equal_brute_force(seed, ratio, window, shift, t, units):
     nothing. Also through a packed step plan (one buffer, views)."""
     from greenmim_mm.models.algorithms.step_plan import pack_plan
     _, _, plan = stage_plans(seed, ratio, window, shift, t, units)
-    moved = pack_plan(dict(p=plan), 'cpu').to('cpu')['p']
+    packed = pack_plan(dict(p=plan), 'cpu')
+    moved = packed.to('cpu')['p']
+    start, stop = packed.buffer.data_ptr(), packed.buffer.data_ptr() + packed.buffer.numel()
+    for name in ('order', 'rows', 'kv_num_blocks', 'full_q_indices'):  # views of the buffer
+        assert start <= getattr(moved, name).data_ptr() < stop, name
     want = brute_force_block_arrays(plan.window_id.numpy(), plan.block)
     for p in (plan, moved):
         for name, (num, idx) in want.items():
