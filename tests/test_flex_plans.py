@@ -144,3 +144,53 @@ def test_flex_wastes_less_than_twice_at_stage_0(load_tool):
     for (stage, _, _), v in rows.items():
         if stage == 0:
             assert v[3] / v[0] < 2 and v[4] / v[0] > 5
+
+
+def brute_force_block_arrays(window_id, block):
+    """{name: (num (1, 1, nb) int32, indices (1, 1, nb, nb) int32)} of the four BlockMask sides,
+    from the slots' windows alone: a (query block, key block) pair is kept when a real query
+    slot and a key slot share a window; 'full' when every key slot of the key block is in the
+    query block's window, else partial. Indices ascending, unused entries 0."""
+    wid = window_id.reshape(-1, block)
+    nb = len(wid)
+    kind = np.zeros((nb, nb), dtype=np.int8)  # 0 none, 1 partial, 2 full
+    for i in range(nb):
+        for j in range(nb):
+            same = (wid[i][:, None] == wid[j][None, :]) & (wid[i][:, None] >= 0)
+            if same.any():
+                kind[i, j] = 2 if (wid[j] == wid[i][wid[i] >= 0][0]).all() else 1
+    out = {}
+    for name, want, per_row in (('full_kv', 2, kind), ('kv', 1, kind), ('full_q', 2, kind.T),
+                                ('q', 1, kind.T)):
+        num = np.zeros((1, 1, nb), dtype=np.int32)
+        idx = np.zeros((1, 1, nb, nb), dtype=np.int32)
+        for i in range(nb):
+            cols = np.nonzero(per_row[i] == want)[0]
+            num[0, 0, i] = len(cols)
+            idx[0, 0, i, :len(cols)] = cols
+        out[name] = num, idx
+    return out
+
+
+@pytest.mark.parametrize('seed,ratio,window,shift,t,units', [
+    (0, 0.5, 3, 1, 4, (4, 4)), (1, 0.25, 7, 3, 8, (4, 4)), (2, 0.75, 7, 0, 8, (7, 7)),
+    (3, 0.6, 7, 3, 4, (6, 5))])
+def test_block_arrays_equal_brute_force(seed, ratio, window, shift, t, units):
+    """Every BlockMask array (counts, indices, their unused zero entries, dtype, shape) equals
+    the brute-force construction from the slots' windows; blocks past the windows attend
+    nothing. Also through a packed step plan (one buffer, views)."""
+    from greenmim_mm.models.algorithms.step_plan import pack_plan
+    _, _, plan = stage_plans(seed, ratio, window, shift, t, units)
+    packed = pack_plan(dict(p=plan), 'cpu')
+    moved = packed.to('cpu')['p']
+    start, stop = packed.buffer.data_ptr(), packed.buffer.data_ptr() + packed.buffer.numel()
+    for name in ('order', 'rows', 'kv_num_blocks', 'full_q_indices'):  # views of the buffer
+        assert start <= getattr(moved, name).data_ptr() < stop, name
+    want = brute_force_block_arrays(plan.window_id.numpy(), plan.block)
+    for p in (plan, moved):
+        for name, (num, idx) in want.items():
+            got_num, got_idx = getattr(p, f'{name}_num_blocks'), getattr(p, f'{name}_indices')
+            assert got_num.dtype == got_idx.dtype == torch.int32
+            assert np.array_equal(got_num.numpy(), num), name
+            assert np.array_equal(got_idx.numpy(), idx), name
+        assert np.array_equal(p.window_id.numpy(), plan.window_id.numpy())

@@ -37,6 +37,13 @@ LAYOUTS = ('padded', 'packed')
 FLEX_BLOCK = 16
 
 
+# Rows of a packed plan's slot_table and of its block_num/block_idx (see ``WindowPlan``).
+PACKED_SLOT_NAMES = ('order', 'window_id', 'rows', 'cols')
+PACKED_BLOCK_NAMES = ('full_kv', 'kv', 'full_q', 'q')
+_NUM_NAMES = tuple(f'{name}_num_blocks' for name in PACKED_BLOCK_NAMES)
+_IDX_NAMES = tuple(f'{name}_indices' for name in PACKED_BLOCK_NAMES)
+
+
 @dataclass
 class WindowPlan:
     """Attention layout of one stage and shift parity (N visible tokens).
@@ -61,6 +68,11 @@ class WindowPlan:
         int32: FlexAttention's ``BlockMask`` arrays, built here on the host (a window's blocks
         attend each other; pairs whose key block is the window's partly filled last block are
         partial, i.e. apply the mask_mod).
+        These are attributes (not fields): views of three fields, so a packed plan holds three
+        tensors plus ``inverse`` instead of thirteen: slot_table (4, L) long (rows ``order``,
+        ``window_id``, ``rows``, ``cols``), block_num (4, 1, 1, nb) and block_idx
+        (4, 1, 1, nb, nb) int32 (rows ``PACKED_BLOCK_NAMES``). ``__post_init__`` makes the views
+        (``step_plan``'s rebuild runs it too).
     """
     window: int
     shift: int
@@ -69,19 +81,20 @@ class WindowPlan:
     inverse: Optional[torch.Tensor] = None
     slot_window: Optional[torch.Tensor] = None
     slot_code: Optional[torch.Tensor] = None
-    order: Optional[torch.Tensor] = None
-    window_id: Optional[torch.Tensor] = None
-    rows: Optional[torch.Tensor] = None
-    cols: Optional[torch.Tensor] = None
-    kv_num_blocks: Optional[torch.Tensor] = None
-    kv_indices: Optional[torch.Tensor] = None
-    full_kv_num_blocks: Optional[torch.Tensor] = None
-    full_kv_indices: Optional[torch.Tensor] = None
-    q_num_blocks: Optional[torch.Tensor] = None
-    q_indices: Optional[torch.Tensor] = None
-    full_q_num_blocks: Optional[torch.Tensor] = None
-    full_q_indices: Optional[torch.Tensor] = None
+    slot_table: Optional[torch.Tensor] = None
+    block_num: Optional[torch.Tensor] = None
+    block_idx: Optional[torch.Tensor] = None
     block: int = FLEX_BLOCK
+
+    def __post_init__(self):
+        """The packed layout's named views of ``slot_table``/``block_num``/``block_idx`` (None
+        in the padded layout)."""
+        rows = [None] * 4 if self.slot_table is None else [self.slot_table[i] for i in range(4)]
+        num = [None] * 4 if self.block_num is None else [self.block_num[i] for i in range(4)]
+        idx = [None] * 4 if self.block_idx is None else [self.block_idx[i] for i in range(4)]
+        self.__dict__.update(zip(PACKED_SLOT_NAMES, rows))
+        self.__dict__.update(zip(_NUM_NAMES, num))
+        self.__dict__.update(zip(_IDX_NAMES, idx))
 
     def to(self, device) -> 'WindowPlan':
         """Copy the tensors to ``device`` (non-blocking)."""
@@ -265,57 +278,62 @@ def _packed_plan(coords, labels_sorted, order, counts, first, window, shift,
     enough blocks without ``units``). ``labels_sorted``: window of every window-sorted token
     (``order``), ``first``: every window's first window-sorted token."""
     n = len(coords)
-    win_blocks = -(-counts // block)
-    first_block = np.cumsum(win_blocks) - win_blocks
-    used = int(win_blocks.sum())
+    win_blocks = (counts + (block - 1)) // block
+    end_block = np.cumsum(win_blocks)
+    first_block = end_block - win_blocks
+    used = int(end_block[-1])
     nb = used if units is None else packed_block_budget(
         units.units_hw, units.tokens, window, shift, units.visible, block)
     if used > nb:
         raise RuntimeError(f'{used} blocks exceed the packed budget of {nb}')
-    pos = np.arange(n) + (first_block * block - first)[labels_sorted]
+    pos = (first_block * block - first)[labels_sorted]
+    pos += np.arange(n)
     # rows of one array: slot order (padding N), window id (padding -1), row, col (padding 0)
-    slot = np.zeros((4, nb * block), dtype=np.int64)
-    slot[0], slot[1] = n, -1
+    slot = _slot_padding(nb * block, n).copy()
     slot[0, pos], slot[1, pos] = order, labels_sorted
     slot[2:, pos] = coords[order].T
     inverse = np.empty(n, dtype=np.int64)
     inverse[order] = pos
-    kv = _block_index(win_blocks, first_block, counts % block == 0, nb)
+    num, idx = _block_index(win_blocks, first_block, counts % block == 0, nb, used)
     t = torch.from_numpy
-    return WindowPlan(window, shift, 'packed', order=t(slot[0]), inverse=t(inverse),
-                      window_id=t(slot[1]), rows=t(slot[2]), cols=t(slot[3]),
-                      block=block, **{k: t(v) for k, v in kv.items()})
+    return WindowPlan(window, shift, 'packed', inverse=t(inverse), slot_table=t(slot),
+                      block_num=t(num), block_idx=t(idx), block=block)
+
+
+@functools.lru_cache(maxsize=64)
+def _slot_padding(length: int, n: int) -> np.ndarray:
+    """(4, length) int64 rows N, -1, 0, 0: an all-padding slot table (read-only, cached)."""
+    out = np.zeros((4, length), dtype=np.int64)
+    out[0], out[1] = n, -1
+    out.flags.writeable = False
+    return out
 
 
 def _block_index(win_blocks: np.ndarray, first_block: np.ndarray, last_full: np.ndarray,
-                 nb: int) -> dict:
+                 nb: int, used: int) -> Tuple[np.ndarray, np.ndarray]:
     """BlockMask arrays of the packed layout: every block of a window attends the window's
     blocks; a (q, kv) block pair is 'partial' (mask_mod applied) when the kv block is the
     window's partly filled last block, else 'full'. Both sides (kv: per q block, q: per kv
-    block), so no transpose runs on the device. Blocks past the windows attend nothing."""
-    used = int(win_blocks.sum())
+    block), so no transpose runs on the device. Blocks past the windows (from ``used``) attend
+    nothing. Returns (num (4, 1, 1, nb), idx (4, 1, 1, nb, nb)) int32, rows in the order of
+    ``PACKED_BLOCK_NAMES``; unused index entries are 0."""
     window = np.repeat(np.arange(len(win_blocks)), win_blocks)   # window of every used block
     start, size = first_block[window], win_blocks[window]
     n_full = size - ~last_full[window]                            # full blocks of the window
-    partial = np.arange(used) - start >= n_full                   # the block is partly filled
-    # (4, used): first block and number of blocks of every row, names in this order
-    first = np.empty((4, used), dtype=np.int64)
+    full_row = size * (np.arange(used) - start < n_full)         # q side: kv block is full
+    num = np.zeros((4, 1, 1, nb), dtype=np.int32)
+    count = num[:, 0, 0, :used]                                   # blocks of every row
+    count[0], count[1], count[2], count[3] = n_full, size - n_full, full_row, size - full_row
+    # (4, used): first block of every row; a row's blocks are consecutive
+    first = np.empty((4, used), dtype=start.dtype)
     first[:] = start
     first[1] += n_full
-    count = np.empty((4, used), dtype=np.int64)
-    count[0], count[1] = n_full, size - n_full
-    count[2], count[3] = size, size
-    count[2, partial] = 0
-    count[3, ~partial] = 0
     col = np.arange(int(win_blocks.max()))                     # a window's blocks at most
-    num = np.zeros((4, 1, 1, nb), dtype=np.int32)
-    num[:, 0, 0, :used] = count
-    idx = np.zeros((4, 1, 1, nb, nb), dtype=np.int32)
     rows = first[..., None] + col
-    rows[col >= count[..., None]] = 0
+    rows *= col < count[..., None]
+    idx = np.zeros((4, 1, 1, nb, nb), dtype=np.int32)
     idx[:, 0, 0, :used, :len(col)] = rows
-    return {f'{name}_{kind}': array[i] for i, name in enumerate(('full_kv', 'kv', 'full_q', 'q'))
-            for kind, array in (('num_blocks', num), ('indices', idx))}
+    return num, idx
 
 
 def relative_position_index(q_coords, k_coords, window: int):

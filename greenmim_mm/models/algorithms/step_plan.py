@@ -12,7 +12,8 @@ can be built while step s runs:
   once as a small rebuild program;
 * :meth:`PackedPlan.to` moves that buffer with **one** non-blocking copy and rebuilds the same
   structure from views of the device buffer (one dtype view per segment, one ``as_strided``
-  view per tensor; no kernel, no sync); a leaf that is neither a tensor nor a plain value but
+  view per tensor; no kernel, no sync; a rebuilt dataclass runs its ``__post_init__``, as
+  its constructor would, e.g. for views of its fields); a leaf that is neither a tensor nor a plain value but
   has a ``to`` method (e.g. a FlexAttention ``BlockMask``) is moved with its own ``to``;
 * :class:`PlanPrefetcher` builds the next step's packed plan in a background thread, and no
   build is in flight when the process forks (DataLoader workers): a fork waits for it, and the
@@ -198,6 +199,9 @@ def _run(node, views: List[torch.Tensor], device, built: dict):
         built[node_id] = new
         for name, child in children:
             object.__setattr__(new, name, _run(child, views, device, built))
+        post_init = getattr(new, '__post_init__', None)
+        if post_init is not None:  # as the dataclass's constructor would (e.g. derived views)
+            post_init()
     elif kind == 'dict':
         new = built[node_id] = type(obj)()
         for key, child in children:
