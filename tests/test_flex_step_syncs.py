@@ -62,6 +62,15 @@ def _rank0(monkeypatch):
     monkeypatch.setattr(greenmim_module, 'get_rank', lambda: 0)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Eager FlexAttention compiles its wrapper with dynamo; the compiled entry made under the
+    audit's dispatch mode traces the CPU reference (``math_attention``) and fails outside the
+    mode, so later flex calls in the process must not reuse it."""
+    yield
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize('name', ['greenmim_swin-nano_demo_128px',
                                   'localmim_twins-nano_demo_128px'])
 def test_flex_step_reads_no_value(name):
